@@ -1,0 +1,134 @@
+import CProtobufC
+import NIOCore
+
+/// A Swift value type backed by a protobuf-c message descriptor.
+///
+/// Encoding builds a temporary C struct in an arena and packs it with libprotobuf-c;
+/// decoding unpacks with libprotobuf-c and copies every field out before the C memory
+/// is freed, so no C pointer outlives the call.
+public protocol ProtoMessage: Sendable, Hashable {
+    static var protoDescriptor: MessageDescriptor { get }
+    init()
+    /// Reads the fields out of an unpacked C struct.
+    init(reader: ProtoReader) throws
+    /// Writes the fields into a C struct being built.
+    func write(to writer: inout ProtoWriter) throws
+}
+
+extension ProtoMessage {
+    /// Decodes the protobuf wire format.
+    public init(serializedBytes bytes: UnsafeRawBufferPointer) throws {
+        self = try ProtoCodec.decode(Self.protoDescriptor, bytes) { try Self(reader: $0) }
+    }
+
+    public init(serializedBytes bytes: [UInt8]) throws {
+        self = try bytes.withUnsafeBytes { try Self(serializedBytes: $0) }
+    }
+
+    /// Decodes the readable bytes of a buffer (without consuming them).
+    public init(buffer: ByteBuffer) throws {
+        self = try buffer.withUnsafeReadableBytes { try Self(serializedBytes: $0) }
+    }
+
+    /// Appends the protobuf wire format to `buffer`.
+    public func serialize(into buffer: inout ByteBuffer) throws {
+        try ProtoCodec.encode(Self.protoDescriptor, into: &buffer) { try self.write(to: &$0) }
+    }
+
+    public func serializedBytes() throws -> [UInt8] {
+        var buffer = ByteBufferAllocator().buffer(capacity: 64)
+        try serialize(into: &buffer)
+        return buffer.readBytes(length: buffer.readableBytes) ?? []
+    }
+}
+
+/// An open protobuf enum: unknown numbers survive a round trip.
+public protocol ProtoEnum: RawRepresentable, Sendable, Hashable, CustomStringConvertible where RawValue == Int32 {
+    static var protoDescriptor: EnumDescriptor { get }
+    init(rawValue: Int32)
+}
+
+extension ProtoEnum {
+    /// The proto name of the value, or its number when this build does not know it.
+    public var name: String { Self.protoDescriptor.name(of: rawValue) ?? String(rawValue) }
+    public var description: String { name }
+}
+
+/// Encode and decode through libprotobuf-c.
+public enum ProtoCodec {
+    /// Unpacks `bytes`, hands a reader to `body`, then frees the C message.
+    public static func decode<T>(
+        _ descriptor: MessageDescriptor, _ bytes: UnsafeRawBufferPointer,
+        _ body: (ProtoReader) throws -> T
+    ) throws -> T {
+        guard let start = bytes.baseAddress, bytes.count > 0 else {
+            // protobuf-c wants a pointer even for no bytes.
+            var zero: UInt8 = 0
+            return try withUnsafeBytes(of: &zero) { try decode(descriptor, UnsafeRawBufferPointer(rebasing: $0[0..<0]), body) }
+        }
+        guard let message = protobuf_c_message_unpack(descriptor.pointer, nil, bytes.count, start.assumingMemoryBound(to: UInt8.self)) else {
+            throw ProtoError("malformed \(descriptor.fullName): \(bytes.count) bytes that are not a valid protobuf encoding")
+        }
+        defer { protobuf_c_message_free_unpacked(message, nil) }
+        return try body(ProtoReader(base: UnsafeRawPointer(message), descriptor: descriptor))
+    }
+
+    /// Builds a C message with `body` and appends its packed form to `buffer`.
+    public static func encode(
+        _ descriptor: MessageDescriptor, into buffer: inout ByteBuffer,
+        _ body: (inout ProtoWriter) throws -> Void
+    ) throws {
+        let arena = Arena()
+        defer { arena.release() }
+        var writer = ProtoWriter(base: arena.newMessage(descriptor), descriptor: descriptor, arena: arena)
+        try body(&writer)
+        let message = writer.base.assumingMemoryBound(to: ProtobufCMessage.self)
+        let size = protobuf_c_message_get_packed_size(message)
+        guard size > 0 else { return }
+        buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: size) { out in
+            protobuf_c_message_pack(message, out.baseAddress!.assumingMemoryBound(to: UInt8.self))
+        }
+    }
+}
+
+/// Bump allocator for the temporary C structs of one encode.
+final class Arena {
+    private var blocks: [UnsafeMutableRawPointer] = []
+    private var current: UnsafeMutableRawPointer?
+    private var used = 0
+    private var capacity = 0
+    private static let blockSize = 2048
+
+    func allocate(_ size: Int) -> UnsafeMutableRawPointer {
+        let rounded = (max(size, 1) + 15) & ~15
+        if rounded > Self.blockSize / 2 {
+            let p = UnsafeMutableRawPointer.allocate(byteCount: rounded, alignment: 16)
+            p.initializeMemory(as: UInt8.self, repeating: 0, count: rounded)
+            blocks.append(p)
+            return p
+        }
+        if current == nil || used + rounded > capacity {
+            let p = UnsafeMutableRawPointer.allocate(byteCount: Self.blockSize, alignment: 16)
+            p.initializeMemory(as: UInt8.self, repeating: 0, count: Self.blockSize)
+            blocks.append(p)
+            current = p
+            used = 0
+            capacity = Self.blockSize
+        }
+        let p = current! + used
+        used += rounded
+        return p
+    }
+
+    func newMessage(_ descriptor: MessageDescriptor) -> UnsafeMutableRawPointer {
+        let p = allocate(Int(descriptor.pointer.pointee.sizeof_message))
+        protobuf_c_message_init(descriptor.pointer, p)
+        return p
+    }
+
+    func release() {
+        for b in blocks { b.deallocate() }
+        blocks.removeAll()
+        current = nil
+    }
+}
