@@ -61,12 +61,13 @@ public enum ProtoCodec {
         _ descriptor: MessageDescriptor, _ bytes: UnsafeRawBufferPointer,
         _ body: (ProtoReader) throws -> T
     ) throws -> T {
-        guard let start = bytes.baseAddress, bytes.count > 0 else {
-            // protobuf-c wants a pointer even for no bytes.
-            var zero: UInt8 = 0
-            return try withUnsafeBytes(of: &zero) { try decode(descriptor, UnsafeRawBufferPointer(rebasing: $0[0..<0]), body) }
+        var zero: UInt8 = 0  // protobuf-c wants a pointer even for no bytes
+        let unpacked = withUnsafeMutablePointer(to: &zero) { empty in
+            protobuf_c_message_unpack(
+                descriptor.pointer, nil, bytes.count,
+                bytes.count > 0 ? bytes.baseAddress!.assumingMemoryBound(to: UInt8.self) : UnsafePointer(empty))
         }
-        guard let message = protobuf_c_message_unpack(descriptor.pointer, nil, bytes.count, start.assumingMemoryBound(to: UInt8.self)) else {
+        guard let message = unpacked else {
             throw ProtoError("malformed \(descriptor.fullName): \(bytes.count) bytes that are not a valid protobuf encoding")
         }
         defer { protobuf_c_message_free_unpacked(message, nil) }
