@@ -55,12 +55,16 @@ let package = Package(
         .target(name: "LiveRoomTesting", dependencies: ["LiveRoomRPC", "LiveRoomMessages", "LiveRoomClient"]),
         .executableTarget(name: "liveroomd", dependencies: [
             "LiveRoomService",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
         .executableTarget(name: "liveroomctl", dependencies: [
             "LiveRoomClient",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "liveroom-protogen", dependencies: ["LiveRoomCodec", "CLiveRoomProtos"]),

@@ -133,3 +133,12 @@ final class Arena {
         current = nil
     }
 }
+
+/// A message whose large bytes field (media) travels beside the encoded body, so the same
+/// buffer can be written to many connections without being copied into each message.
+public protocol AttachmentCarrying {
+    /// Moves the large field out (leaving it empty); nil when there is nothing to carry.
+    mutating func takeAttachment() -> ByteBuffer?
+    /// Puts a received attachment back into the large field.
+    mutating func putAttachment(_ attachment: ByteBuffer)
+}

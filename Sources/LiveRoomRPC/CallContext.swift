@@ -1,0 +1,77 @@
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+
+/// How a connection reached the server; access rules depend on it.
+public enum Transport: String, Sendable, Hashable {
+    case unix, tcp
+}
+
+/// What a handler knows about its call.
+public struct CallContext: Sendable {
+    public let callID: UInt32
+    /// `/package.Service/Method`
+    public let path: String
+    public let metadata: Metadata
+    public let deadline: NIODeadline?
+    public let transport: Transport
+    public let peer: String
+    public var logger: Logger
+    let responseMetadata: NIOLockedValueBox<ResponseMetadata>
+
+    /// Metadata sent before the first response message (or with the status if there is none).
+    public func setInitialMetadata(_ metadata: Metadata) {
+        responseMetadata.withLockedValue { $0.initial = metadata }
+    }
+
+    /// Metadata sent with the final status.
+    public func setTrailers(_ metadata: Metadata) {
+        responseMetadata.withLockedValue { $0.trailers = metadata }
+    }
+}
+
+struct ResponseMetadata: Sendable {
+    var initial = Metadata()
+    var trailers = Metadata()
+}
+
+/// Messages arriving on a call. Consuming them returns flow-control credit to the peer.
+public struct MessageStream: AsyncSequence, Sendable {
+    public typealias Element = RPCPayload
+
+    enum Source: Sendable {
+        case single(RPCPayload)
+        case stream(AsyncThrowingStream<RPCPayload, Error>, @Sendable (Int) -> Void)
+    }
+
+    let source: Source
+
+    public func makeAsyncIterator() -> Iterator {
+        switch source {
+        case .single(let p): return Iterator(single: p, stream: nil, returnCredit: nil)
+        case .stream(let s, let r): return Iterator(single: nil, stream: s.makeAsyncIterator(), returnCredit: r)
+        }
+    }
+
+    public struct Iterator: AsyncIteratorProtocol {
+        var single: RPCPayload?
+        var stream: AsyncThrowingStream<RPCPayload, Error>.AsyncIterator?
+        let returnCredit: (@Sendable (Int) -> Void)?
+        var unreturned = 0
+
+        public mutating func next() async throws -> RPCPayload? {
+            if let s = single {
+                single = nil
+                return s
+            }
+            guard stream != nil, let p = try await stream!.next() else { return nil }
+            unreturned += p.wireLength
+            // Batch credit so that a stream of small messages costs few WINDOW_UPDATE frames.
+            if unreturned >= Frame.initialWindow / 4, let returnCredit {
+                returnCredit(unreturned)
+                unreturned = 0
+            }
+            return p
+        }
+    }
+}

@@ -1,0 +1,55 @@
+import NIOCore
+
+/// Credit for sending MESSAGE frames on one call. A frame may go while credit is positive,
+/// so one message up to the maximum frame size always fits; others wait for WINDOW_UPDATE.
+struct SendWindow {
+    private(set) var credit = Frame.initialWindow
+    private var waiting = CircularBuffer<(frame: Frame, promise: EventLoopPromise<Void>)>()
+
+    /// Returns the frames that may be written now, in order.
+    mutating func enqueue(_ frame: Frame, _ promise: EventLoopPromise<Void>) -> [(frame: Frame, promise: EventLoopPromise<Void>)] {
+        waiting.append((frame, promise))
+        return drain()
+    }
+
+    mutating func grant(_ n: Int) -> [(frame: Frame, promise: EventLoopPromise<Void>)] {
+        credit += n
+        return drain()
+    }
+
+    private mutating func drain() -> [(frame: Frame, promise: EventLoopPromise<Void>)] {
+        var ready: [(frame: Frame, promise: EventLoopPromise<Void>)] = []
+        while credit > 0, let next = waiting.popFirst() {
+            credit -= next.frame.payloadLength
+            ready.append(next)
+        }
+        return ready
+    }
+
+    /// Fails every waiting send (the call ended).
+    mutating func fail(_ error: Error) {
+        while let w = waiting.popFirst() { w.promise.fail(error) }
+    }
+}
+
+/// How much the peer may still send on one call before it must wait for our WINDOW_UPDATE.
+struct ReceiveWindow {
+    private(set) var allowance = Frame.initialWindow
+
+    /// False when the peer sent without credit: a flow-control violation.
+    mutating func receive(_ n: Int) -> Bool {
+        guard allowance > 0 else { return false }
+        allowance -= n
+        return true
+    }
+
+    mutating func grant(_ n: Int) { allowance += n }
+}
+
+extension Frame {
+    static func windowUpdate(callID: UInt32, increment: Int, allocator: ByteBufferAllocator) -> Frame {
+        var b = allocator.buffer(capacity: 4)
+        b.writeInteger(UInt32(clamping: increment))
+        return Frame(.windowUpdate, callID: callID, payload: b)
+    }
+}

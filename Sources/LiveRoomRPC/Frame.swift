@@ -1,0 +1,217 @@
+import NIOCore
+
+/// One frame of the LiveRoom RPC protocol (docs/PROTOCOL.md):
+/// `length:u32be | type:u8 | flags:u8 | call_id:u32be | payload`, where length counts
+/// everything after the length field.
+public struct Frame: Sendable, Hashable {
+    public var type: FrameType
+    public var flags: FrameFlags
+    public var callID: UInt32
+    public var payload: ByteBuffer
+    /// Sent after `payload` without copying; only MESSAGE frames with `.attachment` carry one.
+    public var attachment: ByteBuffer?
+
+    public init(_ type: FrameType, flags: FrameFlags = [], callID: UInt32, payload: ByteBuffer = ByteBuffer(), attachment: ByteBuffer? = nil) {
+        self.type = type
+        self.flags = flags
+        self.callID = callID
+        self.payload = payload
+        self.attachment = attachment
+    }
+
+    /// Bytes after the 10-byte header: what counts against flow control and the maximum frame size.
+    public var payloadLength: Int {
+        payload.readableBytes + (attachment.map { $0.readableBytes + 4 } ?? 0)
+    }
+
+    public static let headerLength = 10
+    /// The bytes a client sends first on every connection.
+    public static let preface: [UInt8] = Array("LRPC/1\r\n".utf8)
+    public static let defaultMaxFrameSize = 4 * 1024 * 1024
+    /// Flow-control credit each side starts with, per call and direction, in payload bytes.
+    public static let initialWindow = 1024 * 1024
+}
+
+public struct FrameType: RawRepresentable, Sendable, Hashable, CustomStringConvertible {
+    public var rawValue: UInt8
+    public init(rawValue: UInt8) { self.rawValue = rawValue }
+
+    public static let headers = FrameType(rawValue: 1)
+    public static let message = FrameType(rawValue: 2)
+    public static let end = FrameType(rawValue: 3)
+    public static let status = FrameType(rawValue: 4)
+    public static let cancel = FrameType(rawValue: 5)
+    public static let windowUpdate = FrameType(rawValue: 6)
+    public static let ping = FrameType(rawValue: 7)
+    public static let pong = FrameType(rawValue: 8)
+    public static let goAway = FrameType(rawValue: 9)
+
+    public var description: String {
+        let names = ["0", "HEADERS", "MESSAGE", "END", "STATUS", "CANCEL", "WINDOW_UPDATE", "PING", "PONG", "GOAWAY"]
+        return Int(rawValue) < names.count ? names[Int(rawValue)] : "TYPE_\(rawValue)"
+    }
+}
+
+public struct FrameFlags: OptionSet, Sendable, Hashable {
+    public var rawValue: UInt8
+    public init(rawValue: UInt8) { self.rawValue = rawValue }
+    /// HEADERS or MESSAGE: the sender sends no more messages on this call (half-close).
+    public static let endStream = FrameFlags(rawValue: 1)
+    /// MESSAGE: the payload is `u32be body length | body | attachment`.
+    public static let attachment = FrameFlags(rawValue: 2)
+}
+
+/// What the frame decoder produces.
+public enum FrameEvent: Sendable, Hashable {
+    case frame(Frame)
+    /// A frame longer than the maximum: its header was read and its payload is being skipped.
+    case oversized(type: FrameType, callID: UInt32, length: Int)
+}
+
+/// Connection-level protocol violations: the connection is closed after a GOAWAY that says why.
+public struct FrameError: Error, Sendable, Hashable, CustomStringConvertible {
+    public var description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// Splits the byte stream into frames. Frames over the maximum size are reported and skipped
+/// as their bytes arrive, so memory never grows with a peer's length field.
+public struct FrameDecoder: ByteToMessageDecoder {
+    public typealias InboundOut = FrameEvent
+
+    public let maxFrameSize: Int
+    private var awaitingPreface: Bool
+    private var skipping = 0
+
+    /// - Parameter expectPreface: true on the server side of a connection.
+    public init(maxFrameSize: Int = Frame.defaultMaxFrameSize, expectPreface: Bool) {
+        self.maxFrameSize = maxFrameSize
+        self.awaitingPreface = expectPreface
+    }
+
+    public mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
+        guard let event = try next(&buffer) else { return .needMoreData }
+        if let event = event { context.fireChannelRead(Self.wrapInboundOut(event)) }
+        return .continue
+    }
+
+    public mutating func decodeLast(context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool) throws -> DecodingState {
+        while let event = try next(&buffer) {
+            if let event { context.fireChannelRead(Self.wrapInboundOut(event)) }
+        }
+        return .needMoreData
+    }
+
+    /// nil: need more bytes; .some(nil): progress without an event.
+    mutating func next(_ buffer: inout ByteBuffer) throws -> FrameEvent?? {
+        if awaitingPreface {
+            let have = min(buffer.readableBytes, Frame.preface.count)
+            guard buffer.readableBytesView.prefix(have).elementsEqual(Frame.preface.prefix(have)) else {
+                throw FrameError("bad connection preface: expected \"LRPC/1\\r\\n\" (is this a LiveRoom RPC client?)")
+            }
+            guard have == Frame.preface.count else { return nil }
+            buffer.moveReaderIndex(forwardBy: have)
+            awaitingPreface = false
+            return .some(nil)
+        }
+        if skipping > 0 {
+            let n = min(skipping, buffer.readableBytes)
+            guard n > 0 else { return nil }
+            buffer.moveReaderIndex(forwardBy: n)
+            skipping -= n
+            return .some(nil)
+        }
+        guard buffer.readableBytes >= Frame.headerLength,
+            let length = buffer.getInteger(at: buffer.readerIndex, as: UInt32.self),
+            let rawType = buffer.getInteger(at: buffer.readerIndex + 4, as: UInt8.self),
+            let rawFlags = buffer.getInteger(at: buffer.readerIndex + 5, as: UInt8.self),
+            let callID = buffer.getInteger(at: buffer.readerIndex + 6, as: UInt32.self)
+        else { return nil }
+        guard length >= 6 else {
+            throw FrameError("frame length \(length) is shorter than the 6-byte frame header")
+        }
+        let payloadLength = Int(length) - 6
+        if payloadLength > maxFrameSize {
+            buffer.moveReaderIndex(forwardBy: Frame.headerLength)
+            skipping = payloadLength
+            return .some(.oversized(type: FrameType(rawValue: rawType), callID: callID, length: payloadLength))
+        }
+        guard buffer.readableBytes >= Frame.headerLength + payloadLength else { return nil }
+        buffer.moveReaderIndex(forwardBy: Frame.headerLength)
+        let payload = buffer.readSlice(length: payloadLength)!
+        return .some(.frame(Frame(FrameType(rawValue: rawType), flags: FrameFlags(rawValue: rawFlags), callID: callID, payload: payload)))
+    }
+}
+
+/// Writes frames. A small payload is copied next to its header (one write); a large payload
+/// and any attachment are written as they are, so one media buffer can go to many viewers uncopied.
+public final class FrameEncoder: ChannelOutboundHandler {
+    public typealias OutboundIn = Frame
+    public typealias OutboundOut = ByteBuffer
+
+    private static let copyLimit = 1024
+
+    public init() {}
+
+    public func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        let frame = unwrapOutboundIn(data)
+        let inline = frame.attachment == nil && frame.payload.readableBytes <= Self.copyLimit
+        var header = context.channel.allocator.buffer(
+            capacity: Frame.headerLength + 4 + (inline ? frame.payload.readableBytes : 0))
+        header.writeInteger(UInt32(6 + frame.payloadLength))
+        header.writeInteger(frame.type.rawValue)
+        header.writeInteger(frame.flags.rawValue)
+        header.writeInteger(frame.callID)
+        if let attachment = frame.attachment {
+            header.writeInteger(UInt32(frame.payload.readableBytes))
+            if frame.payload.readableBytes <= Self.copyLimit {
+                var body = frame.payload
+                header.writeBuffer(&body)
+            } else {
+                context.write(wrapOutboundOut(header), promise: nil)
+                header = frame.payload
+            }
+            context.write(wrapOutboundOut(header), promise: nil)
+            context.write(wrapOutboundOut(attachment), promise: promise)
+        } else if inline {
+            var body = frame.payload
+            header.writeBuffer(&body)
+            context.write(wrapOutboundOut(header), promise: promise)
+        } else {
+            context.write(wrapOutboundOut(header), promise: nil)
+            context.write(wrapOutboundOut(frame.payload), promise: promise)
+        }
+    }
+}
+
+/// A message on the wire: the protobuf body and, for media, an attachment carried beside it.
+public struct RPCPayload: Sendable, Hashable {
+    public var body: ByteBuffer
+    public var attachment: ByteBuffer?
+
+    public init(body: ByteBuffer, attachment: ByteBuffer? = nil) {
+        self.body = body
+        self.attachment = attachment
+    }
+
+    /// Splits a MESSAGE frame's payload.
+    init(frame: Frame) throws {
+        guard frame.flags.contains(.attachment) else {
+            self.init(body: frame.payload)
+            return
+        }
+        var p = frame.payload
+        guard let n = p.readInteger(as: UInt32.self), let body = p.readSlice(length: Int(n)) else {
+            throw RPCStatus(.invalidArgument, "MESSAGE frame with an attachment is shorter than its declared body length")
+        }
+        self.init(body: body, attachment: p)
+    }
+
+    func frame(callID: UInt32, end: Bool = false) -> Frame {
+        var flags: FrameFlags = end ? .endStream : []
+        if attachment != nil { flags.insert(.attachment) }
+        return Frame(.message, flags: flags, callID: callID, payload: body, attachment: attachment)
+    }
+
+    var wireLength: Int { body.readableBytes + (attachment.map { $0.readableBytes + 4 } ?? 0) }
+}

@@ -1,0 +1,150 @@
+import LiveRoomCodec
+import NIOCore
+
+/// Typed messages to and from wire payloads, moving media into attachments.
+public enum MessageCoding {
+    public static func encode<M: ProtoMessage>(_ message: M) throws -> RPCPayload {
+        var m = message
+        var attachment: ByteBuffer?
+        if var carrier = m as? any AttachmentCarrying {
+            attachment = carrier.takeAttachment()
+            if attachment != nil { m = carrier as! M }
+        }
+        var body = ByteBuffer()
+        do {
+            try m.serialize(into: &body)
+        } catch {
+            throw RPCStatus(.invalidArgument, "cannot encode \(M.protoDescriptor.fullName): \(error)")
+        }
+        return RPCPayload(body: body, attachment: attachment)
+    }
+
+    /// - Parameter code: the status for bytes that do not decode (INVALID_ARGUMENT for requests).
+    public static func decode<M: ProtoMessage>(_ payload: RPCPayload, as: M.Type = M.self, code: RPCStatus.Code = .invalidArgument) throws -> M {
+        var m: M
+        do {
+            m = try M(buffer: payload.body)
+        } catch {
+            throw RPCStatus(code, "message is not a valid \(M.protoDescriptor.fullName): \(error)")
+        }
+        if let a = payload.attachment, var carrier = m as? any AttachmentCarrying {
+            carrier.putAttachment(a)
+            m = carrier as! M
+        }
+        return m
+    }
+}
+
+/// Typed request messages of a call, as the handler reads them.
+public struct RequestSequence<Element: ProtoMessage>: AsyncSequence, Sendable {
+    let raw: MessageStream
+    let code: RPCStatus.Code
+
+    public func makeAsyncIterator() -> Iterator { Iterator(raw: raw.makeAsyncIterator(), code: code) }
+
+    public struct Iterator: AsyncIteratorProtocol {
+        var raw: MessageStream.Iterator
+        let code: RPCStatus.Code
+        public mutating func next() async throws -> Element? {
+            guard let p = try await raw.next() else { return nil }
+            return try MessageCoding.decode(p, as: Element.self, code: code)
+        }
+    }
+}
+
+/// Typed response messages sent by a handler.
+public struct ResponseSender<Element: ProtoMessage>: Sendable {
+    let writer: ResponseWriter
+    public func send(_ message: Element) async throws {
+        try await writer.send(try MessageCoding.encode(message))
+    }
+}
+
+extension ServiceRegistry {
+    public mutating func unary<I, O>(_ method: ProtoMethod<I, O>, _ handler: @escaping @Sendable (I, CallContext) async throws -> O) {
+        register(method.info) { call in
+            var it = RequestSequence<I>(raw: call.requests, code: .invalidArgument).makeAsyncIterator()
+            guard let request = try await it.next() else { throw RPCStatus(.invalidArgument, "missing request message") }
+            return try MessageCoding.encode(try await handler(request, call.context))
+        }
+    }
+
+    public mutating func serverStreaming<I, O>(
+        _ method: ProtoMethod<I, O>, _ handler: @escaping @Sendable (I, ResponseSender<O>, CallContext) async throws -> Void
+    ) {
+        register(method.info) { call in
+            var it = RequestSequence<I>(raw: call.requests, code: .invalidArgument).makeAsyncIterator()
+            guard let request = try await it.next() else { throw RPCStatus(.invalidArgument, "missing request message") }
+            try await handler(request, ResponseSender(writer: call.responses), call.context)
+            return nil
+        }
+    }
+
+    public mutating func clientStreaming<I, O>(
+        _ method: ProtoMethod<I, O>, _ handler: @escaping @Sendable (RequestSequence<I>, CallContext) async throws -> O
+    ) {
+        register(method.info) { call in
+            try MessageCoding.encode(try await handler(RequestSequence(raw: call.requests, code: .invalidArgument), call.context))
+        }
+    }
+
+    public mutating func bidirectional<I, O>(
+        _ method: ProtoMethod<I, O>,
+        _ handler: @escaping @Sendable (RequestSequence<I>, ResponseSender<O>, CallContext) async throws -> Void
+    ) {
+        register(method.info) { call in
+            try await handler(RequestSequence(raw: call.requests, code: .invalidArgument), ResponseSender(writer: call.responses), call.context)
+            return nil
+        }
+    }
+}
+
+/// A typed streaming call from the client side.
+public struct StreamingCall<Input: ProtoMessage, Output: ProtoMessage>: Sendable {
+    public let raw: ClientCall
+
+    /// Responses; iteration throws the call's status if it did not end OK.
+    public var responses: RequestSequence<Output> { RequestSequence(raw: raw.responses, code: .internal) }
+
+    public func send(_ message: Input) async throws { try await raw.send(try MessageCoding.encode(message)) }
+    public func halfClose() { raw.halfClose() }
+    public func cancel() { raw.cancel() }
+    public var outcome: CallOutcome { get async throws { try await raw.outcome } }
+
+    /// Half-closes and returns the single response (client streaming).
+    public func finish() async throws -> Output {
+        halfClose()
+        var result: Output?
+        for try await r in responses {
+            guard result == nil else { throw RPCStatus(.internal, "server sent more than one response") }
+            result = r
+        }
+        let outcome = try await raw.outcome
+        guard outcome.status.code == .ok else { throw outcome.status }
+        guard let result else { throw RPCStatus(.internal, "server ended the call with OK but sent no response") }
+        return result
+    }
+}
+
+extension RPCClient {
+    public func unary<I, O>(_ method: ProtoMethod<I, O>, _ request: I, metadata: Metadata = Metadata(), timeout: Duration? = nil) async throws -> O {
+        try await unaryWithOutcome(method, request, metadata: metadata, timeout: timeout).0
+    }
+
+    public func unaryWithOutcome<I, O>(
+        _ method: ProtoMethod<I, O>, _ request: I, metadata: Metadata = Metadata(), timeout: Duration? = nil
+    ) async throws -> (O, CallOutcome) {
+        let (payload, outcome) = try await unary(path: method.info.path, request: try MessageCoding.encode(request), metadata: metadata, timeout: timeout)
+        return (try MessageCoding.decode(payload, as: O.self, code: .internal), outcome)
+    }
+
+    /// Server streaming: the request is sent at once; read `responses`.
+    public func serverStreaming<I, O>(_ method: ProtoMethod<I, O>, _ request: I, metadata: Metadata = Metadata(), timeout: Duration? = nil) async throws -> StreamingCall<I, O> {
+        StreamingCall(raw: try await makeCall(path: method.info.path, metadata: metadata, timeout: timeout, request: try MessageCoding.encode(request)))
+    }
+
+    /// Client streaming or bidirectional: `send`, then `halfClose` / `finish`.
+    public func streaming<I, O>(_ method: ProtoMethod<I, O>, metadata: Metadata = Metadata(), timeout: Duration? = nil) async throws -> StreamingCall<I, O> {
+        StreamingCall(raw: try await makeCall(path: method.info.path, metadata: metadata, timeout: timeout))
+    }
+}

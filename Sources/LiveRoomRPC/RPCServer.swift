@@ -1,0 +1,205 @@
+import Foundation
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOExtras
+import NIOPosix
+import ServiceLifecycle
+
+/// Server settings. Defaults follow gRPC where gRPC has one.
+public struct ServerConfiguration: Sendable {
+    public var listen: [Endpoint]
+    public var maxFrameSize = Frame.defaultMaxFrameSize
+    public var maxConcurrentCallsPerConnection = 1024
+    /// How long calls in flight may run on after a graceful shutdown begins.
+    public var gracePeriod: TimeAmount = .seconds(10)
+    /// File mode of the Unix socket: who may connect is decided by the file's permissions.
+    public var unixSocketMode: mode_t = 0o660
+    /// Called for every call before its handler; a returned status refuses the call.
+    public var authenticate: (@Sendable (CallContext) -> RPCStatus?)?
+
+    public init(listen: [Endpoint]) { self.listen = listen }
+}
+
+/// Why a server could not start.
+public struct ServerStartError: Error, CustomStringConvertible, Sendable {
+    public var description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// The RPC server: listeners on Unix and TCP sockets feeding per-connection call multiplexers.
+/// As a `Service`, `run()` serves until graceful shutdown, then drains.
+public final class RPCServer: Service, Sendable {
+    private let configuration: ServerConfiguration
+    private let registry: ServiceRegistry
+    private let group: EventLoopGroup
+    private let logger: Logger
+    private let quiesce: ServerQuiescingHelper
+    private let state = NIOLockedValueBox<State>(State())
+
+    private struct State {
+        var channels: [Channel] = []
+        var bound: [Endpoint] = []
+        var started = false
+        var shutdownFuture: EventLoopFuture<Void>?
+    }
+
+    public init(configuration: ServerConfiguration, registry: ServiceRegistry,
+                group: EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger) {
+        self.configuration = configuration
+        self.registry = registry
+        self.group = group
+        self.logger = logger
+        self.quiesce = ServerQuiescingHelper(group: group)
+    }
+
+    /// The addresses actually bound (a TCP port 0 becomes the chosen port).
+    public var boundEndpoints: [Endpoint] { state.withLockedValue { $0.bound } }
+
+    /// Binds every listener. Idempotent.
+    @discardableResult
+    public func start() async throws -> [Endpoint] {
+        if state.withLockedValue({ $0.started }) { return boundEndpoints }
+        var channels: [Channel] = []
+        var bound: [Endpoint] = []
+        do {
+            for endpoint in configuration.listen {
+                let channel = try await bind(endpoint)
+                channels.append(channel)
+                if case .tcp(let host, _) = endpoint, let port = channel.localAddress?.port {
+                    bound.append(.tcp(host: host, port: port))
+                } else {
+                    bound.append(endpoint)
+                }
+                logger.info("listening", metadata: ["endpoint": "\(bound.last!)"])
+            }
+        } catch {
+            for c in channels { try? await c.close() }
+            throw error
+        }
+        state.withLockedValue {
+            $0.channels = channels
+            $0.bound = bound
+            $0.started = true
+        }
+        return bound
+    }
+
+    public func run() async throws {
+        try await start()
+        let closed = state.withLockedValue { s in
+            EventLoopFuture.andAllComplete(s.channels.map(\.closeFuture), on: group.any())
+        }
+        try await withGracefulShutdownHandler {
+            try await closed.get()
+            await self.waitForShutdown()
+        } onGracefulShutdown: {
+            self.initiateShutdown()
+        }
+    }
+
+    /// Stops accepting, sends GOAWAY on every connection, lets calls finish within the grace
+    /// period, then closes. Returns when every connection is closed.
+    public func shutdown() async {
+        initiateShutdown()
+        await waitForShutdown()
+    }
+
+    private func initiateShutdown() {
+        let promise = group.any().makePromise(of: Void.self)
+        let first = state.withLockedValue { s -> Bool in
+            guard s.shutdownFuture == nil else { return false }
+            s.shutdownFuture = promise.futureResult
+            return true
+        }
+        guard first else { promise.succeed(); return }
+        logger.info("shutting down: draining calls in flight")
+        quiesce.initiateShutdown(promise: promise)
+        if case .unix(let path)? = configuration.listen.first(where: { if case .unix = $0 { true } else { false } }) {
+            promise.futureResult.whenComplete { _ in unlink(path) }
+        }
+    }
+
+    private func waitForShutdown() async {
+        if let f = state.withLockedValue({ $0.shutdownFuture }) { try? await f.get() }
+    }
+
+    private func bind(_ endpoint: Endpoint) async throws -> Channel {
+        let configuration = self.configuration
+        let registry = self.registry
+        let logger = self.logger
+        let quiesce = self.quiesce
+        let transport: Transport
+        if case .unix = endpoint { transport = .unix } else { transport = .tcp }
+        var bootstrap = ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 256)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .serverChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(quiesce.makeServerChannelHandler(channel: channel))
+                }
+            }
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let limits = ServerConnectionHandler.Limits(
+                        maxFrameSize: configuration.maxFrameSize,
+                        maxConcurrentCalls: configuration.maxConcurrentCallsPerConnection,
+                        gracePeriod: configuration.gracePeriod)
+                    try channel.pipeline.syncOperations.addHandlers([
+                        ByteToMessageHandler(FrameDecoder(maxFrameSize: configuration.maxFrameSize, expectPreface: true)),
+                        FrameEncoder(),
+                        ServerConnectionHandler(registry: registry, limits: limits, transport: transport,
+                                                authenticate: configuration.authenticate, logger: logger),
+                    ])
+                }
+            }
+            .childChannelOption(.allowRemoteHalfClosure, value: false)
+        switch endpoint {
+        case .tcp(let host, let port):
+            bootstrap = bootstrap
+                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+                .childChannelOption(.socketOption(.so_keepalive), value: 1)
+            do {
+                return try await bootstrap.bind(host: host, port: port).get()
+            } catch {
+                throw ServerStartError("cannot listen on TCP \(endpoint): \(error)")
+            }
+        case .unix(let path):
+            try await Self.clearStaleSocket(path, group: group)
+            let channel: Channel
+            do {
+                channel = try await bootstrap.bind(unixDomainSocketPath: path).get()
+            } catch {
+                throw ServerStartError("cannot listen on Unix socket \(path): \(error)")
+            }
+            if chmod(path, configuration.unixSocketMode) != 0 {
+                logger.warning("could not set the mode of \(path): errno \(errno)")
+            }
+            return channel
+        }
+    }
+
+    /// A socket file nobody answers on is left over from a crash: remove it. One that answers
+    /// belongs to a running server: refuse to take it over.
+    static func clearStaleSocket(_ path: String, group: EventLoopGroup) async throws {
+        var st = stat()
+        guard lstat(path, &st) == 0 else { return }
+        guard (st.st_mode & S_IFMT) == S_IFSOCK else {
+            throw ServerStartError("\(path) exists and is not a socket; refusing to replace it")
+        }
+        let live: Bool
+        do {
+            let channel = try await ClientBootstrap(group: group)
+                .connectTimeout(.seconds(2))
+                .connect(unixDomainSocketPath: path).get()
+            try? await channel.close()
+            live = true
+        } catch {
+            live = false
+        }
+        if live {
+            throw ServerStartError("another server is already listening on \(path); stop it or choose another socket path")
+        }
+        unlink(path)
+    }
+}

@@ -1,0 +1,408 @@
+import LiveRoomCodec
+import LiveRoomMessages
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOExtras
+
+/// Server-side call multiplexer for one connection: opens calls from HEADERS frames, routes
+/// their messages, runs each call's handler in its own task, enforces deadlines, flow control
+/// and limits, and drains on graceful shutdown. Everything here runs on the channel's event loop.
+final class ServerConnectionHandler: ChannelInboundHandler {
+    typealias InboundIn = FrameEvent
+    typealias OutboundOut = Frame
+
+    struct Limits {
+        var maxFrameSize: Int
+        var maxConcurrentCalls: Int
+        var gracePeriod: TimeAmount
+    }
+
+    final class Call {
+        let id: UInt32
+        let entry: ServiceRegistry.Entry
+        let context: CallContext
+        var continuation: AsyncThrowingStream<RPCPayload, Error>.Continuation?
+        var single: RPCPayload?
+        var singleCount = 0
+        var task: Task<Void, Never>?
+        var send = SendWindow()
+        var receive = ReceiveWindow()
+        var deadlineTimer: Scheduled<Void>?
+        var sentInitialMetadata = false
+
+        init(id: UInt32, entry: ServiceRegistry.Entry, context: CallContext) {
+            self.id = id
+            self.entry = entry
+            self.context = context
+        }
+
+        var streamsRequests: Bool { entry.info.kind == .clientStreaming || entry.info.kind == .bidirectional }
+    }
+
+    private let registry: ServiceRegistry
+    private let limits: Limits
+    private let transport: Transport
+    private let authenticate: (@Sendable (CallContext) -> RPCStatus?)?
+    private var logger: Logger
+    private var context: ChannelHandlerContext!
+    private var calls: [UInt32: Call] = [:]
+    private var lastCallID: UInt32 = 0
+    private var draining = false
+    private var closed = false
+    private var peer = "?"
+    private var graceTimer: Scheduled<Void>?
+
+    init(registry: ServiceRegistry, limits: Limits, transport: Transport,
+         authenticate: (@Sendable (CallContext) -> RPCStatus?)?, logger: Logger) {
+        self.registry = registry
+        self.limits = limits
+        self.transport = transport
+        self.authenticate = authenticate
+        self.logger = logger
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        peer = context.channel.remoteAddress.map { "\($0)" } ?? transport.rawValue
+        logger[metadataKey: "peer"] = "\(peer)"
+    }
+
+    // MARK: inbound frames
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .frame(let frame):
+            handle(frame)
+        case .oversized(let type, let id, let length):
+            let status = RPCStatus(.resourceExhausted,
+                "\(type) frame of \(length) bytes exceeds the maximum frame size of \(limits.maxFrameSize) bytes")
+            if type == .headers {
+                if id > lastCallID { lastCallID = id }
+                writeStatus(id, status, trailers: Metadata())
+            } else if type == .message, calls[id] != nil {
+                abort(id, status)
+            } else if type != .message {
+                connectionError(FrameError("\(status.message) on call \(id)"))
+            }
+        }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        context.flush()
+    }
+
+    private func handle(_ frame: Frame) {
+        switch frame.type {
+        case .headers: open(frame)
+        case .message: message(frame)
+        case .end: end(frame.callID)
+        case .cancel: cancelled(frame.callID)
+        case .windowUpdate:
+            var p = frame.payload
+            guard let n = p.readInteger(as: UInt32.self), let call = calls[frame.callID] else { return }
+            for w in call.send.grant(Int(n)) { context.write(wrapOutboundOut(w.frame), promise: w.promise) }
+        case .ping:
+            context.write(wrapOutboundOut(Frame(.pong, callID: frame.callID, payload: frame.payload)), promise: nil)
+        default:
+            break  // PONG, GOAWAY and unknown types are ignored, as extensions may add frame types
+        }
+    }
+
+    private func open(_ frame: Frame) {
+        let id = frame.callID
+        guard id > lastCallID else {
+            connectionError(FrameError("call id \(id) is not greater than the previous call id \(lastCallID)"))
+            return
+        }
+        lastCallID = id
+        if draining {
+            writeStatus(id, RPCStatus(.unavailable, "server is shutting down; retry on a new connection"), trailers: Metadata())
+            return
+        }
+        guard calls.count < limits.maxConcurrentCalls else {
+            writeStatus(id, RPCStatus(.resourceExhausted,
+                "too many concurrent calls on this connection (limit \(limits.maxConcurrentCalls))"), trailers: Metadata())
+            return
+        }
+        let header: CallHeader
+        do {
+            header = try CallHeader(buffer: frame.payload)
+        } catch {
+            writeStatus(id, RPCStatus(.invalidArgument, "HEADERS payload is not a valid liveroom.rpc.v1.CallHeader: \(error)"), trailers: Metadata())
+            return
+        }
+        guard let entry = registry.entry(for: header.method) else {
+            writeStatus(id, RPCStatus(.unimplemented, "unknown method \(header.method)"), trailers: Metadata())
+            return
+        }
+        guard header.timeoutMs >= 0 else {
+            writeStatus(id, RPCStatus(.invalidArgument, "timeout_ms must not be negative, got \(header.timeoutMs)"), trailers: Metadata())
+            return
+        }
+        var metadata = Metadata()
+        for e in header.metadata { metadata.add(e.key, e.value) }
+        let deadline = header.timeoutMs > 0 ? NIODeadline.now() + .milliseconds(header.timeoutMs) : nil
+        var callLogger = logger
+        callLogger[metadataKey: "call"] = "\(id)"
+        callLogger[metadataKey: "method"] = "\(header.method)"
+        let ctx = CallContext(
+            callID: id, path: header.method, metadata: metadata, deadline: deadline, transport: transport,
+            peer: peer, logger: callLogger, responseMetadata: NIOLockedValueBox(ResponseMetadata()))
+        if let denied = authenticate?(ctx) {
+            writeStatus(id, denied, trailers: Metadata())
+            return
+        }
+        let call = Call(id: id, entry: entry, context: ctx)
+        calls[id] = call
+        if let deadline {
+            call.deadlineTimer = context.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) { [self] in
+                abort(id, RPCStatus(.deadlineExceeded, "deadline of \(header.timeoutMs) ms exceeded"))
+            }
+        }
+        if call.streamsRequests {
+            let (stream, continuation) = AsyncThrowingStream<RPCPayload, Error>.makeStream()
+            call.continuation = continuation
+            let loop = NIOLoopBound(self, eventLoop: context.eventLoop)
+            start(call, MessageStream(source: .stream(stream, { n in
+                loop.eventLoop.execute { loop.value.returnCredit(n, on: id) }
+            })))
+            if frame.flags.contains(.endStream) { continuation.finish() }
+        } else if frame.flags.contains(.endStream) {
+            end(id)
+        }
+    }
+
+    private func message(_ frame: Frame) {
+        guard let call = calls[frame.callID] else { return }  // the call ended; the peer had not heard yet
+        guard call.receive.receive(frame.payloadLength) else {
+            abort(call.id, RPCStatus(.resourceExhausted, "peer sent past its flow-control window"))
+            return
+        }
+        let payload: RPCPayload
+        do {
+            payload = try RPCPayload(frame: frame)
+        } catch {
+            abort(call.id, error as? RPCStatus ?? RPCStatus(.invalidArgument, "\(error)"))
+            return
+        }
+        if let continuation = call.continuation {
+            continuation.yield(payload)
+            if frame.flags.contains(.endStream) { continuation.finish() }
+        } else {
+            call.singleCount += 1
+            call.single = payload
+            if frame.flags.contains(.endStream) { end(call.id) }
+        }
+    }
+
+    private func end(_ id: UInt32) {
+        guard let call = calls[id] else { return }
+        if let continuation = call.continuation {
+            continuation.finish()
+            return
+        }
+        guard call.task == nil else { return }
+        guard call.singleCount == 1, let request = call.single else {
+            abort(id, RPCStatus(.invalidArgument,
+                "\(call.entry.info.kind.rawValue) method \(call.context.path) takes exactly one request message, got \(call.singleCount)"))
+            return
+        }
+        call.single = nil
+        start(call, MessageStream(source: .single(request)))
+    }
+
+    private func cancelled(_ id: UInt32) {
+        guard let call = calls.removeValue(forKey: id) else { return }
+        call.context.logger.debug("cancelled by the client")
+        teardown(call, RPCStatus(.cancelled, "cancelled by the client"))
+        closeIfDrained()
+    }
+
+    func returnCredit(_ n: Int, on id: UInt32) {
+        guard let call = calls[id], !closed else { return }
+        call.receive.grant(n)
+        context.writeAndFlush(wrapOutboundOut(.windowUpdate(callID: id, increment: n, allocator: context.channel.allocator)), promise: nil)
+    }
+
+    // MARK: running handlers
+
+    private func start(_ call: Call, _ requests: MessageStream) {
+        let loop = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let serverCall = ServerCall(context: call.context, requests: requests,
+                                    responses: ResponseWriter(callID: call.id, connection: loop))
+        let handler = call.entry.handler
+        let id = call.id
+        call.task = Task {
+            let result: Result<RPCPayload?, Error>
+            do {
+                result = .success(try await handler(serverCall))
+            } catch {
+                result = .failure(error)
+            }
+            loop.eventLoop.execute { loop.value.finished(id, result) }
+        }
+    }
+
+    private func finished(_ id: UInt32, _ result: Result<RPCPayload?, Error>) {
+        guard let call = calls.removeValue(forKey: id) else { return }
+        let status: RPCStatus
+        switch result {
+        case .success(let last):
+            if let last { writeMessage(call, last) }
+            status = .ok
+        case .failure(let error as RPCStatus):
+            status = error
+        case .failure(is CancellationError):
+            status = RPCStatus(.cancelled, "the call was cancelled")
+        case .failure(let error as ProtoError):
+            status = RPCStatus(.internal, "could not encode the response: \(error)")
+        case .failure(let error):
+            call.context.logger.error("handler failed: \(error)")
+            status = RPCStatus(.unknown, "\(error)")
+        }
+        if status.code != .ok { call.context.logger.debug("ended with \(status)") }
+        writeStatus(call, status)
+        teardown(call, status)
+        context.flush()
+        closeIfDrained()
+    }
+
+    /// Ends a call from this side (deadline, violation, shutdown): status to the peer, handler cancelled.
+    private func abort(_ id: UInt32, _ status: RPCStatus) {
+        guard let call = calls.removeValue(forKey: id) else { return }
+        call.context.logger.debug("aborted: \(status)")
+        writeStatus(call, status)
+        teardown(call, status)
+        context.flush()
+        closeIfDrained()
+    }
+
+    private func teardown(_ call: Call, _ status: RPCStatus) {
+        call.deadlineTimer?.cancel()
+        call.task?.cancel()
+        call.continuation?.finish(throwing: status)
+        call.send.fail(RPCStatus(.cancelled, "the call has ended: \(status)"))
+    }
+
+    // MARK: writing
+
+    func send(_ payload: RPCPayload, on id: UInt32) -> EventLoopFuture<Void> {
+        guard let call = calls[id], !closed else {
+            return context.eventLoop.makeFailedFuture(RPCStatus(.cancelled, "the call has ended"))
+        }
+        guard payload.wireLength <= limits.maxFrameSize else {
+            return context.eventLoop.makeFailedFuture(RPCStatus(.resourceExhausted,
+                "response message of \(payload.wireLength) bytes exceeds the maximum frame size of \(limits.maxFrameSize) bytes"))
+        }
+        writeInitialMetadataIfNeeded(call)
+        let promise = context.eventLoop.makePromise(of: Void.self)
+        let ready = call.send.enqueue(payload.frame(callID: id), promise)
+        for w in ready { context.write(wrapOutboundOut(w.frame), promise: w.promise) }
+        if !ready.isEmpty { context.flush() }
+        return promise.futureResult
+    }
+
+    private func writeMessage(_ call: Call, _ payload: RPCPayload) {
+        guard payload.wireLength <= limits.maxFrameSize else { return }
+        writeInitialMetadataIfNeeded(call)
+        context.write(wrapOutboundOut(payload.frame(callID: call.id)), promise: nil)
+    }
+
+    private func writeInitialMetadataIfNeeded(_ call: Call) {
+        guard !call.sentInitialMetadata else { return }
+        call.sentInitialMetadata = true
+        let initial = call.context.responseMetadata.withLockedValue { $0.initial }
+        guard !initial.isEmpty else { return }
+        var header = ResponseHeader()
+        header.metadata = initial.entries.map { e in var m = MetadataEntry(); m.key = e.key; m.value = e.value; return m }
+        var b = context.channel.allocator.buffer(capacity: 64)
+        try? header.serialize(into: &b)
+        context.write(wrapOutboundOut(Frame(.headers, callID: call.id, payload: b)), promise: nil)
+    }
+
+    private func writeStatus(_ call: Call, _ status: RPCStatus) {
+        writeInitialMetadataIfNeeded(call)
+        writeStatus(call.id, status, trailers: call.context.responseMetadata.withLockedValue { $0.trailers })
+    }
+
+    private func writeStatus(_ id: UInt32, _ status: RPCStatus, trailers: Metadata) {
+        guard !closed else { return }
+        var s = CallStatus()
+        s.code = status.code.rawValue
+        s.message = status.message.replacingOccurrences(of: "\u{0}", with: " ")
+        s.details = ByteBuffer(bytes: status.details)
+        s.trailers = trailers.entries.map { e in var m = MetadataEntry(); m.key = e.key; m.value = e.value; return m }
+        var b = context.channel.allocator.buffer(capacity: 32 + s.message.utf8.count)
+        try? s.serialize(into: &b)
+        context.write(wrapOutboundOut(Frame(.status, callID: id, payload: b)), promise: nil)
+    }
+
+    private func writeGoAway(code: RPCStatus.Code, _ message: String) {
+        var g = GoAway()
+        g.lastCallId = lastCallID
+        g.code = code.rawValue
+        g.message = message
+        var b = context.channel.allocator.buffer(capacity: 64)
+        try? g.serialize(into: &b)
+        context.writeAndFlush(wrapOutboundOut(Frame(.goAway, callID: 0, payload: b)), promise: nil)
+    }
+
+    // MARK: connection lifecycle
+
+    private func connectionError(_ error: FrameError) {
+        guard !closed else { return }
+        logger.info("closing connection: \(error)")
+        writeGoAway(code: .invalidArgument, "protocol error: \(error)")
+        shutdown(RPCStatus(.unavailable, "connection closed after a protocol error: \(error)"))
+        context.close(promise: nil)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        if let frameError = error as? FrameError {
+            connectionError(frameError)
+        } else {
+            logger.debug("connection error: \(error)")
+            shutdown(RPCStatus(.unavailable, "connection error: \(error)"))
+            context.close(promise: nil)
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        shutdown(RPCStatus(.cancelled, "the client went away"))
+        context.fireChannelInactive()
+    }
+
+    private func shutdown(_ status: RPCStatus) {
+        closed = true
+        graceTimer?.cancel()
+        let all = calls.values
+        calls.removeAll()
+        for call in all { teardown(call, status) }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        guard event is ChannelShouldQuiesceEvent else {
+            context.fireUserInboundEventTriggered(event)
+            return
+        }
+        guard !draining else { return }
+        draining = true
+        writeGoAway(code: .ok, "server is shutting down")
+        graceTimer = context.eventLoop.assumeIsolated().scheduleTask(in: limits.gracePeriod) { [self] in
+            for id in Array(calls.keys) {
+                abort(id, RPCStatus(.unavailable, "server shut down before the call finished"))
+            }
+            self.context.close(promise: nil)
+        }
+        closeIfDrained()
+    }
+
+    private func closeIfDrained() {
+        if draining && calls.isEmpty && !closed {
+            closed = true
+            graceTimer?.cancel()
+            context.close(promise: nil)
+        }
+    }
+}

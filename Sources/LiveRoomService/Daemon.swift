@@ -1,0 +1,102 @@
+import Foundation
+import LiveRoomMessages
+import LiveRoomRPC
+import Logging
+import NIOCore
+import NIOPosix
+import ServiceLifecycle
+
+/// liveroomd: every service wired onto one RPC server, run until SIGTERM/SIGINT.
+public final class Daemon: Service, Sendable {
+    public let configuration: DaemonConfiguration
+    public let health: HealthState
+    private let server: RPCServer
+    private let logger: Logger
+
+    public init(configuration: DaemonConfiguration, logger: Logger) throws {
+        self.configuration = configuration
+        self.logger = logger
+        var listen: [Endpoint] = [.unix(path: configuration.socketPath)]
+        if let tcp = configuration.tcp { listen.append(try Endpoint.parseTCP(tcp)) }
+
+        var registry = ServiceRegistry()
+        var services = [Health.name]
+        if configuration.enableTestService {
+            InteropService.register(in: &registry)
+            services.append(TestService.name)
+        }
+        let health = HealthState(services: services)
+        HealthService.register(health, in: &registry)
+        self.health = health
+
+        var serverConfiguration = ServerConfiguration(listen: listen)
+        serverConfiguration.maxFrameSize = configuration.maxFrameSize
+        serverConfiguration.maxConcurrentCallsPerConnection = configuration.maxConcurrentCalls
+        serverConfiguration.gracePeriod = .seconds(Int64(configuration.gracePeriodSeconds))
+        serverConfiguration.authenticate = TCPAuthenticator(token: configuration.tcpToken).check
+        self.server = RPCServer(configuration: serverConfiguration, registry: registry, logger: logger)
+    }
+
+    /// Binds the listeners; returns what was bound (a TCP port 0 becomes the real port).
+    @discardableResult
+    public func start() async throws -> [Endpoint] {
+        try FileManager.default.createDirectory(atPath: configuration.dataDir, withIntermediateDirectories: true)
+        if configuration.tcp != nil && configuration.tcpToken == nil {
+            logger.warning("TCP is enabled without tcp_token: every call over TCP except Health will be refused")
+        }
+        return try await server.start()
+    }
+
+    public func run() async throws {
+        try await start()
+        try await withGracefulShutdownHandler {
+            try await server.run()
+        } onGracefulShutdown: {
+            Task {
+                await self.health.set(.notServing)
+                await self.health.finishWatchers()
+            }
+        }
+        logger.info("stopped")
+    }
+
+    /// Runs the daemon until SIGTERM or SIGINT, then drains gracefully.
+    public func runUntilSignalled() async throws {
+        let group = ServiceGroup(configuration: .init(
+            services: [.init(service: self)],
+            gracefulShutdownSignals: [.sigterm, .sigint],
+            cancellationSignals: [],
+            logger: logger))
+        try await group.run()
+    }
+}
+
+/// Calls over TCP must carry `authorization: Bearer TOKEN`; Unix-socket calls are trusted as far
+/// as the socket file's permissions allow. Health is open on both so probes need no secret.
+struct TCPAuthenticator: Sendable {
+    let token: String?
+
+    func check(_ context: CallContext) -> RPCStatus? {
+        guard context.transport == .tcp, !context.path.hasPrefix("/\(Health.name)/") else { return nil }
+        guard let token else {
+            return RPCStatus(.unauthenticated, "calls over TCP are disabled: the daemon has no tcp_token configured")
+        }
+        guard let presented = context.metadata["authorization"] else {
+            return RPCStatus(.unauthenticated, "calls over TCP need metadata \"authorization: Bearer <tcp_token>\"")
+        }
+        guard constantTimeEqual(presented, "Bearer \(token)") else {
+            return RPCStatus(.unauthenticated, "the authorization token is not valid")
+        }
+        return nil
+    }
+}
+
+/// Compares without stopping at the first difference, so timing does not reveal a secret.
+public func constantTimeEqual(_ a: String, _ b: String) -> Bool {
+    let x = Array(a.utf8), y = Array(b.utf8)
+    var diff = UInt8(truncatingIfNeeded: x.count ^ y.count)
+    for i in 0..<max(x.count, y.count) {
+        diff |= (i < x.count ? x[i] : 0) ^ (i < y.count ? y[i] : 0)
+    }
+    return diff == 0
+}

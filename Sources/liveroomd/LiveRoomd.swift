@@ -1,0 +1,70 @@
+import ArgumentParser
+import Foundation
+import LiveRoomService
+import Logging
+import NIOCore
+import NIOPosix
+
+/// liveroomd: the LiveRoom daemon.
+@main
+struct LiveRoomd: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "liveroomd",
+        abstract: "The LiveRoom daemon: rooms on many live platforms, media fan-out and audience statistics.")
+
+    @Option(help: "Unix socket to serve on (mode 0660). Default ./liveroomd.sock.")
+    var socket: String?
+
+    @Option(help: "Also serve on TCP at HOST:PORT (calls need the tcp_token).")
+    var tcp: String?
+
+    @Option(name: .customLong("data-dir"), help: "Where the daemon keeps its data. Default ./data.")
+    var dataDir: String?
+
+    @Option(help: "Configuration file (key = value lines; see README.md).")
+    var config: String?
+
+    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
+    var logLevel: String?
+
+    @Option(name: .customLong("tcp-token"), help: "Token for calls over TCP (or LIVEROOM_TCP_TOKEN).")
+    var tcpToken: String?
+
+    @Flag(name: .customLong("enable-test-service"), help: .hidden)
+    var enableTestService = false
+
+    func run() async throws {
+        var settings = DaemonConfiguration()
+        do {
+            if let config { try settings.load(file: config) }
+        } catch {
+            throw ValidationError("\(error)")
+        }
+        if let socket { settings.socketPath = socket }
+        if let tcp { settings.tcp = tcp }
+        if let dataDir { settings.dataDir = dataDir }
+        if let token = tcpToken ?? ProcessInfo.processInfo.environment["LIVEROOM_TCP_TOKEN"] { settings.tcpToken = token }
+        if let logLevel {
+            guard let level = Logger.Level(rawValue: logLevel) else { throw ValidationError("--log-level: unknown level \"\(logLevel)\"") }
+            settings.logLevel = level
+        }
+        settings.enableTestService = enableTestService
+        let level = settings.logLevel
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let logger = Logger(label: "liveroomd")
+        let daemon = try Daemon(configuration: settings, logger: logger)
+        do {
+            let endpoints = try await daemon.start()
+            logger.info("liveroomd ready", metadata: ["endpoints": "\(endpoints.map(\.description).joined(separator: " "))"])
+        } catch {
+            FileHandle.standardError.write(Data("liveroomd: \(error)\n".utf8))
+            throw ExitCode(1)
+        }
+        try await daemon.runUntilSignalled()
+    }
+}
+
