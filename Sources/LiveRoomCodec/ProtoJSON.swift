@@ -139,7 +139,7 @@ public enum ProtoJSON {
         case .float: slot.storeBytes(of: Float(try floating(raw, what)), as: Float.self)
         case .double: slot.storeBytes(of: try floating(raw, what), as: Double.self)
         case .bool:
-            guard let b = raw as? Bool else { throw ProtoError("\(what) must be true or false") }
+            guard isBool(raw), let b = raw as? Bool else { throw ProtoError("\(what) must be true or false") }
             slot.storeBytes(of: b ? 1 : 0, as: protobuf_c_boolean.self)
         case .enumeration:
             let e = f.enumType!
@@ -171,9 +171,15 @@ public enum ProtoJSON {
         }
     }
 
+    /// JSON true/false, told apart from the numbers 1 and 0 (which Foundation also bridges to Bool).
+    private static func isBool(_ raw: Any) -> Bool {
+        if let n = raw as? NSNumber { return String(cString: n.objCType) == "c" }
+        return raw is Bool
+    }
+
     private static func integer<T: FixedWidthInteger>(_ raw: Any, _: T.Type, _ what: String) throws -> T {
         if let s = raw as? String, let v = T(s) { return v }
-        if let n = raw as? NSNumber, !(raw is Bool) {
+        if let n = raw as? NSNumber, !isBool(raw) {
             let d = n.doubleValue
             if d.rounded() == d, let v = T(exactly: d) { return v }
             if let v = T(exactly: n.int64Value), Double(n.int64Value) == d { return v }
@@ -182,7 +188,7 @@ public enum ProtoJSON {
     }
 
     private static func floating(_ raw: Any, _ what: String) throws -> Double {
-        if let n = raw as? NSNumber, !(raw is Bool) { return n.doubleValue }
+        if let n = raw as? NSNumber, !isBool(raw) { return n.doubleValue }
         if let s = raw as? String, let v = Double(s) { return v }
         throw ProtoError("\(what) must be a number")
     }

@@ -147,6 +147,11 @@ final class CodecTests: XCTestCase {
             XCTAssertTrue("\(error)".contains("ROOM_KIND_LIVE"), "lists the valid values: \(error)")
         }
         XCTAssertThrowsError(try ProtoJSON.encode(text: #"{"title": 5}"#, as: d))
+        // 1 and 0 are numbers, not booleans; true is not a number.
+        let sized = try ListRoomsRequest(buffer: ProtoJSON.encode(text: #"{"page_size": 1}"#, as: ListRoomsRequest.protoDescriptor))
+        XCTAssertEqual(sized.pageSize, 1)
+        XCTAssertThrowsError(try ProtoJSON.encode(text: #"{"page_size": true}"#, as: ListRoomsRequest.protoDescriptor))
+        XCTAssertThrowsError(try ProtoJSON.encode(text: #"{"online_only": 1}"#, as: ListViewersRequest.protoDescriptor))
         XCTAssertThrowsError(try ProtoJSON.encode(text: "not json", as: d))
         XCTAssertThrowsError(
             try ProtoJSON.encode(text: #"{"page_size": 2147483648}"#, as: ListRoomsRequest.protoDescriptor)
