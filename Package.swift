@@ -52,7 +52,11 @@ let package = Package(
         // Client-side helpers shared by liveroomctl, the simulator and tests.
         .target(name: "LiveRoomClient", dependencies: ["LiveRoomRPC", "LiveRoomMessages", "LiveRoomCodec"]),
         // Test support: the interop test service and a real-daemon launcher.
-        .target(name: "LiveRoomTesting", dependencies: ["LiveRoomRPC", "LiveRoomMessages", "LiveRoomClient"]),
+        .target(name: "LiveRoomTesting", dependencies: [
+            "LiveRoomRPC", "LiveRoomMessages", "LiveRoomClient",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+        ]),
         .executableTarget(name: "liveroomd", dependencies: [
             "LiveRoomService",
             .product(name: "NIOCore", package: "swift-nio"),
@@ -78,7 +82,8 @@ let package = Package(
             "LiveRoomRPC", "LiveRoomTesting",
             .product(name: "NIOEmbedded", package: "swift-nio"),
         ]),
-        .testTarget(name: "IntegrationTests", dependencies: ["LiveRoomTesting", "LiveRoomClient"]),
+        // Start real liveroomd processes: the executables are dependencies so `swift test` builds them.
+        .testTarget(name: "IntegrationTests", dependencies: ["LiveRoomTesting", "LiveRoomClient", "liveroomd", "liveroomctl"]),
     ],
     swiftLanguageModes: [.v6]
 )

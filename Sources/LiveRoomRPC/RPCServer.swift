@@ -34,11 +34,12 @@ public final class RPCServer: Service, Sendable {
     private let registry: ServiceRegistry
     private let group: EventLoopGroup
     private let logger: Logger
-    private let quiesce: ServerQuiescingHelper
     private let state = NIOLockedValueBox<State>(State())
 
     private struct State {
         var channels: [Channel] = []
+        /// One per listener: a quiescing helper tracks a single server channel.
+        var quiescers: [ServerQuiescingHelper] = []
         var bound: [Endpoint] = []
         var started = false
         var shutdownFuture: EventLoopFuture<Void>?
@@ -50,7 +51,6 @@ public final class RPCServer: Service, Sendable {
         self.registry = registry
         self.group = group
         self.logger = logger
-        self.quiesce = ServerQuiescingHelper(group: group)
     }
 
     /// The addresses actually bound (a TCP port 0 becomes the chosen port).
@@ -61,10 +61,13 @@ public final class RPCServer: Service, Sendable {
     public func start() async throws -> [Endpoint] {
         if state.withLockedValue({ $0.started }) { return boundEndpoints }
         var channels: [Channel] = []
+        var quiescers: [ServerQuiescingHelper] = []
         var bound: [Endpoint] = []
         do {
             for endpoint in configuration.listen {
-                let channel = try await bind(endpoint)
+                let quiesce = ServerQuiescingHelper(group: group)
+                let channel = try await bind(endpoint, quiesce)
+                quiescers.append(quiesce)
                 channels.append(channel)
                 if case .tcp(let host, _) = endpoint, let port = channel.localAddress?.port {
                     bound.append(.tcp(host: host, port: port))
@@ -79,6 +82,7 @@ public final class RPCServer: Service, Sendable {
         }
         state.withLockedValue {
             $0.channels = channels
+            $0.quiescers = quiescers
             $0.bound = bound
             $0.started = true
         }
@@ -106,17 +110,18 @@ public final class RPCServer: Service, Sendable {
     }
 
     private func initiateShutdown() {
-        let promise = group.any().makePromise(of: Void.self)
-        let first = state.withLockedValue { s -> Bool in
-            guard s.shutdownFuture == nil else { return false }
-            s.shutdownFuture = promise.futureResult
-            return true
+        let loop = group.any()
+        let quiescers = state.withLockedValue { s -> [ServerQuiescingHelper]? in
+            guard s.shutdownFuture == nil else { return nil }
+            let promises = s.quiescers.map { _ in loop.makePromise(of: Void.self) }
+            for (q, p) in zip(s.quiescers, promises) { q.initiateShutdown(promise: p) }
+            s.shutdownFuture = EventLoopFuture.andAllComplete(promises.map(\.futureResult), on: loop)
+            return s.quiescers
         }
-        guard first else { promise.succeed(); return }
-        logger.info("shutting down: draining calls in flight")
-        quiesce.initiateShutdown(promise: promise)
-        if case .unix(let path)? = configuration.listen.first(where: { if case .unix = $0 { true } else { false } }) {
-            promise.futureResult.whenComplete { _ in unlink(path) }
+        guard let quiescers else { return }
+        logger.info("shutting down: draining calls in flight", metadata: ["listeners": "\(quiescers.count)"])
+        for case .unix(let path) in configuration.listen {
+            state.withLockedValue { $0.shutdownFuture }?.whenComplete { _ in unlink(path) }
         }
     }
 
@@ -124,11 +129,10 @@ public final class RPCServer: Service, Sendable {
         if let f = state.withLockedValue({ $0.shutdownFuture }) { try? await f.get() }
     }
 
-    private func bind(_ endpoint: Endpoint) async throws -> Channel {
+    private func bind(_ endpoint: Endpoint, _ quiesce: ServerQuiescingHelper) async throws -> Channel {
         let configuration = self.configuration
         let registry = self.registry
         let logger = self.logger
-        let quiesce = self.quiesce
         let transport: Transport
         if case .unix = endpoint { transport = .unix } else { transport = .tcp }
         var bootstrap = ServerBootstrap(group: group)

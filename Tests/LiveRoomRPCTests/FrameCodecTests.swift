@@ -1,0 +1,126 @@
+import NIOCore
+import NIOEmbedded
+import XCTest
+
+@testable import LiveRoomRPC
+
+final class FrameCodecTests: XCTestCase {
+    private func makeChannel(max: Int = 64, preface: Bool = false) throws -> EmbeddedChannel {
+        let channel = EmbeddedChannel()
+        try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder(maxFrameSize: max, expectPreface: preface)))
+        return channel
+    }
+
+    private func encoded(_ frame: Frame) throws -> ByteBuffer {
+        let channel = EmbeddedChannel(handler: FrameEncoder())
+        try channel.writeOutbound(frame)
+        var all = ByteBuffer()
+        while var part = try channel.readOutbound(as: ByteBuffer.self) { all.writeBuffer(&part) }
+        return all
+    }
+
+    private func frame(_ type: FrameType, id: UInt32, _ bytes: [UInt8], flags: FrameFlags = []) -> Frame {
+        Frame(type, flags: flags, callID: id, payload: ByteBuffer(bytes: bytes))
+    }
+
+    func testEncodedLayoutIsAsDocumented() throws {
+        let bytes = Array(try encoded(frame(.message, id: 0x0102_0304, [0xAA, 0xBB], flags: .endStream)).readableBytesView)
+        XCTAssertEqual(bytes, [0, 0, 0, 8, 2, 1, 1, 2, 3, 4, 0xAA, 0xBB])
+    }
+
+    func testAttachmentTravelsAfterTheBody() throws {
+        let f = Frame(.message, flags: .attachment, callID: 7, payload: ByteBuffer(bytes: [1, 2]), attachment: ByteBuffer(bytes: [9, 9, 9]))
+        let bytes = Array(try encoded(f).readableBytesView)
+        XCTAssertEqual(bytes, [0, 0, 0, 15, 2, 2, 0, 0, 0, 7, 0, 0, 0, 2, 1, 2, 9, 9, 9])
+        let channel = try makeChannel()
+        try channel.writeInbound(ByteBuffer(bytes: bytes))
+        guard case .frame(let decoded)? = try channel.readInbound(as: FrameEvent.self) else { return XCTFail("no frame") }
+        let payload = try RPCPayload(frame: decoded)
+        XCTAssertEqual(Array(payload.body.readableBytesView), [1, 2])
+        XCTAssertEqual(payload.attachment.map { Array($0.readableBytesView) }, [9, 9, 9])
+    }
+
+    func testLargePayloadIsNotCopiedIntoTheHeader() throws {
+        let big = ByteBuffer(repeating: 7, count: 4096)
+        let channel = EmbeddedChannel(handler: FrameEncoder())
+        try channel.writeOutbound(Frame(.message, callID: 1, payload: big))
+        let header = try XCTUnwrap(channel.readOutbound(as: ByteBuffer.self))
+        let body = try XCTUnwrap(channel.readOutbound(as: ByteBuffer.self))
+        XCTAssertEqual(header.readableBytes, Frame.headerLength)
+        XCTAssertEqual(body, big)
+    }
+
+    func testFrameSplitAcrossReads() throws {
+        let channel = try makeChannel()
+        let bytes = Array(try encoded(frame(.message, id: 3, [1, 2, 3, 4, 5])).readableBytesView)
+        for b in bytes.dropLast() {
+            try channel.writeInbound(ByteBuffer(bytes: [b]))
+            XCTAssertNil(try channel.readInbound(as: FrameEvent.self))
+        }
+        try channel.writeInbound(ByteBuffer(bytes: [bytes.last!]))
+        XCTAssertEqual(try channel.readInbound(as: FrameEvent.self), .frame(frame(.message, id: 3, [1, 2, 3, 4, 5])))
+    }
+
+    func testFramesCoalescedInOneRead() throws {
+        let channel = try makeChannel()
+        var all = try encoded(frame(.headers, id: 1, [1]))
+        var second = try encoded(frame(.message, id: 1, []))
+        var third = try encoded(frame(.end, id: 1, []))
+        all.writeBuffer(&second)
+        all.writeBuffer(&third)
+        try channel.writeInbound(all)
+        XCTAssertEqual(try channel.readInbound(as: FrameEvent.self), .frame(frame(.headers, id: 1, [1])))
+        XCTAssertEqual(try channel.readInbound(as: FrameEvent.self), .frame(frame(.message, id: 1, [])))
+        XCTAssertEqual(try channel.readInbound(as: FrameEvent.self), .frame(frame(.end, id: 1, [])))
+        XCTAssertNil(try channel.readInbound(as: FrameEvent.self))
+    }
+
+    func testOversizedFrameIsReportedAndSkippedWithoutBuffering() throws {
+        let channel = try makeChannel(max: 64)
+        var header = ByteBuffer()
+        header.writeInteger(UInt32(6 + 10_000))
+        header.writeInteger(FrameType.message.rawValue)
+        header.writeInteger(UInt8(0))
+        header.writeInteger(UInt32(5))
+        try channel.writeInbound(header)
+        XCTAssertEqual(try channel.readInbound(as: FrameEvent.self), .oversized(type: .message, callID: 5, length: 10_000))
+        // The payload streams by in pieces and is dropped as it comes.
+        for _ in 0..<10 { try channel.writeInbound(ByteBuffer(repeating: 1, count: 1000)) }
+        XCTAssertNil(try channel.readInbound(as: FrameEvent.self))
+        // The next frame decodes normally.
+        try channel.writeInbound(try encoded(frame(.ping, id: 0, [1, 2, 3, 4, 5, 6, 7, 8])))
+        XCTAssertEqual(try channel.readInbound(as: FrameEvent.self), .frame(frame(.ping, id: 0, [1, 2, 3, 4, 5, 6, 7, 8])))
+    }
+
+    func testZeroLengthIsAProtocolError() throws {
+        let channel = try makeChannel()
+        XCTAssertThrowsError(try channel.writeInbound(ByteBuffer(bytes: [0, 0, 0, 0, 1, 0, 0, 0, 0, 1]))) { error in
+            XCTAssertTrue("\(error)".contains("shorter than the 6-byte frame header"), "\(error)")
+        }
+    }
+
+    func testGarbageInsteadOfThePrefaceIsRejectedAtOnce() throws {
+        let channel = try makeChannel(preface: true)
+        XCTAssertThrowsError(try channel.writeInbound(ByteBuffer(string: "GET / HTTP/1.1\r\n"))) { error in
+            XCTAssertTrue("\(error)".contains("bad connection preface"), "\(error)")
+        }
+    }
+
+    func testPrefaceInPiecesThenFrames() throws {
+        let channel = try makeChannel(preface: true)
+        try channel.writeInbound(ByteBuffer(bytes: Array(Frame.preface.prefix(3))))
+        XCTAssertNil(try channel.readInbound(as: FrameEvent.self))
+        var rest = ByteBuffer(bytes: Array(Frame.preface.dropFirst(3)))
+        var f = try encoded(frame(.end, id: 9, []))
+        rest.writeBuffer(&f)
+        try channel.writeInbound(rest)
+        XCTAssertEqual(try channel.readInbound(as: FrameEvent.self), .frame(frame(.end, id: 9, [])))
+    }
+
+    func testTruncatedAttachmentHeaderIsInvalidArgument() {
+        let f = Frame(.message, flags: .attachment, callID: 1, payload: ByteBuffer(bytes: [0, 0, 0, 9, 1]))
+        XCTAssertThrowsError(try RPCPayload(frame: f)) { error in
+            XCTAssertEqual((error as? RPCStatus)?.code, .invalidArgument)
+        }
+    }
+}
