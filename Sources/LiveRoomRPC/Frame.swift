@@ -121,15 +121,15 @@ public struct FrameDecoder: ByteToMessageDecoder {
             skipping -= n
             return .some(nil)
         }
+        guard let length = buffer.getInteger(at: buffer.readerIndex, as: UInt32.self) else { return nil }
+        guard length >= 6 else {
+            throw FrameError("frame length \(length) is shorter than the 6-byte frame header")
+        }
         guard buffer.readableBytes >= Frame.headerLength,
-            let length = buffer.getInteger(at: buffer.readerIndex, as: UInt32.self),
             let rawType = buffer.getInteger(at: buffer.readerIndex + 4, as: UInt8.self),
             let rawFlags = buffer.getInteger(at: buffer.readerIndex + 5, as: UInt8.self),
             let callID = buffer.getInteger(at: buffer.readerIndex + 6, as: UInt32.self)
         else { return nil }
-        guard length >= 6 else {
-            throw FrameError("frame length \(length) is shorter than the 6-byte frame header")
-        }
         let payloadLength = Int(length) - 6
         if payloadLength > maxFrameSize {
             buffer.moveReaderIndex(forwardBy: Frame.headerLength)

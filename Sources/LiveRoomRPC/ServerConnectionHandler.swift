@@ -369,6 +369,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        if !calls.isEmpty { logger.debug("the client went away; cancelling \(calls.count) call(s) in flight") }
         shutdown(RPCStatus(.cancelled, "the client went away"))
         context.fireChannelInactive()
     }

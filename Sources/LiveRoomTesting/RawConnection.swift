@@ -1,4 +1,5 @@
 import LiveRoomRPC
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 
@@ -24,22 +25,23 @@ public struct RawConnection: Sendable {
     public func exchange(_ bytes: [UInt8], timeout: Duration = .seconds(5)) async throws -> (received: [UInt8], closed: Bool) {
         try await channel.executeThenClose { inbound, outbound in
             try await outbound.write(ByteBuffer(bytes: bytes))
-            return try await withThrowingTaskGroup(of: ([UInt8], Bool)?.self) { group in
+            let got = NIOLockedValueBox<[UInt8]>([])
+            let closed = try await withThrowingTaskGroup(of: Bool.self) { group in
                 group.addTask {
-                    var got: [UInt8] = []
                     do {
-                        for try await chunk in inbound { got += chunk.readableBytesView }
+                        for try await chunk in inbound { got.withLockedValue { $0 += chunk.readableBytesView } }
                     } catch {}
-                    return (got, true)
+                    return true
                 }
                 group.addTask {
                     try await Task.sleep(for: timeout)
-                    return nil
+                    return false
                 }
                 let first = try await group.next()!
                 group.cancelAll()
-                return first ?? ([], false)
+                return first
             }
+            return (got.withLockedValue { $0 }, closed)
         }
     }
 }

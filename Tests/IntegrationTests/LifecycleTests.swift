@@ -1,0 +1,103 @@
+import Foundation
+import LiveRoomMessages
+import LiveRoomRPC
+import LiveRoomTesting
+import NIOCore
+import XCTest
+
+/// Start-up, socket handling and graceful shutdown of a real daemon.
+final class LifecycleTests: XCTestCase {
+    func testSocketFileModeIs0660() async throws {
+        let daemon = try await DaemonProcess(tcp: false)
+        let attributes = try FileManager.default.attributesOfItem(atPath: daemon.socketPath)
+        XCTAssertEqual((attributes[.posixPermissions] as? NSNumber)?.intValue, 0o660)
+        try await daemon.stop()
+        XCTAssertFalse(FileManager.default.fileExists(atPath: daemon.socketPath), "a clean stop removes the socket file")
+    }
+
+    func testStaleSocketIsReplacedAndALiveOneRefused() async throws {
+        let first = try await DaemonProcess(tcp: false)
+        // A second daemon on a live socket is refused with a clear message.
+        do {
+            _ = try await DaemonProcess(directory: first.directory, tcp: false)
+            XCTFail("a second daemon must not take over a live socket")
+        } catch {
+            XCTAssertTrue("\(error)".contains("another server is already listening on"), "\(error)")
+        }
+        // kill -9 leaves the socket file behind; the next start replaces it.
+        first.signal(SIGKILL)
+        try await first.waitForExit()
+        XCTAssertTrue(FileManager.default.fileExists(atPath: first.socketPath))
+        let second = try await DaemonProcess(directory: first.directory, tcp: false)
+        let client = try await second.connect(.unix)
+        let r = try await client.unary(Health.check, HealthCheckRequest())
+        XCTAssertEqual(r.status, .serving)
+        await client.close()
+        try await second.stop()
+    }
+
+    func testGracefulShutdownLetsCallsInFlightFinish() async throws {
+        let daemon = try await DaemonProcess()
+        let client = try await daemon.connect(.unix)
+        var slow = SimpleRequest()
+        slow.sleepMs = 800
+        slow.responseSize = 3
+        let inFlight = Task { try await client.unary(TestService.unaryCall, slow) }
+        // Health.Watch sees NOT_SERVING when the drain begins.
+        let watch = try await client.serverStreaming(Health.watch, HealthCheckRequest())
+        var statuses = watch.responses.makeAsyncIterator()
+        let first = try await statuses.next()
+        XCTAssertEqual(first?.status, .serving)
+        try await Task.sleep(for: .milliseconds(200))
+        daemon.signal(SIGTERM)
+        let second = try await statuses.next()
+        XCTAssertEqual(second?.status, .notServing)
+        // The call in flight completes normally.
+        let response = try await inFlight.value
+        XCTAssertEqual(response.payload.readableBytes, 3)
+        // New calls on the draining connection are refused.
+        do {
+            _ = try await client.unary(TestService.emptyCall, Empty())
+            XCTFail("a new call after GOAWAY must fail")
+        } catch let status as RPCStatus {
+            XCTAssertEqual(status.code, .unavailable)
+        }
+        let code = try await daemon.waitForExit()
+        XCTAssertEqual(code, 0)
+        await client.close()
+    }
+
+    func testGracePeriodEndsCallsThatRunTooLong() async throws {
+        let config = FileManager.default.temporaryDirectory.appendingPathComponent("grace-\(UUID()).conf")
+        try "grace_period_seconds = 1\n".write(to: config, atomically: true, encoding: .utf8)
+        let daemon = try await DaemonProcess(arguments: ["--config", config.path])
+        let client = try await daemon.connect(.unix)
+        var slow = SimpleRequest()
+        slow.sleepMs = 60_000
+        let inFlight = Task { try await client.unary(TestService.unaryCall, slow) }
+        try await Task.sleep(for: .milliseconds(200))
+        let start = ContinuousClock.now
+        daemon.signal(SIGTERM)
+        do {
+            _ = try await inFlight.value
+            XCTFail("the call should be ended by the grace period")
+        } catch let status as RPCStatus {
+            XCTAssertEqual(status.code, .unavailable)
+        }
+        let code = try await daemon.waitForExit()
+        XCTAssertEqual(code, 0)
+        XCTAssertLessThan(ContinuousClock.now - start, .seconds(10))
+        await client.close()
+    }
+
+    func testBadConfigStopsTheDaemonNamingTheLine() async throws {
+        let config = FileManager.default.temporaryDirectory.appendingPathComponent("bad-\(UUID()).conf")
+        try "# ok\nsocket = \"/tmp/x.sock\"\nmax_frame_sise = 10\n".write(to: config, atomically: true, encoding: .utf8)
+        do {
+            _ = try await DaemonProcess(arguments: ["--config", config.path])
+            XCTFail("a wrong option must stop the daemon")
+        } catch {
+            XCTAssertTrue("\(error)".contains("\(config.path):3: unknown option \"max_frame_sise\""), "\(error)")
+        }
+    }
+}
