@@ -1,0 +1,84 @@
+import Foundation
+import LiveRoomTesting
+import XCTest
+
+/// The debug client, run as a person would run it.
+final class CtlTests: XCTestCase {
+    struct Run {
+        var status: Int32
+        var stdout: String
+        var stderr: String
+    }
+
+    private func ctl(_ args: [String], stdin: String? = nil) throws -> Run {
+        let p = Process()
+        p.executableURL = DaemonProcess.binDirectory.appendingPathComponent("liveroomctl")
+        p.arguments = args
+        let out = Pipe(), err = Pipe(), input = Pipe()
+        p.standardOutput = out
+        p.standardError = err
+        p.standardInput = input
+        try p.run()
+        if let stdin { input.fileHandleForWriting.write(Data(stdin.utf8)) }
+        try input.fileHandleForWriting.close()
+        let o = out.fileHandleForReading.readDataToEndOfFile()
+        let e = err.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return Run(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
+    }
+
+    func testHealthCallAndErrors() async throws {
+        let daemon = try await DaemonProcess()
+        let sock = ["--socket", daemon.socketPath]
+
+        let health = try ctl(["health"] + sock)
+        XCTAssertEqual(health.status, 0, health.stderr)
+        XCTAssertEqual(health.stdout, "SERVING\n")
+
+        let tcpHealth = try ctl(["health", "--tcp", "127.0.0.1:\(daemon.tcpPort)", "--json"])
+        XCTAssertEqual(tcpHealth.stdout, "{\"status\":\"SERVING_STATUS_SERVING\"}\n")
+
+        let unary = try ctl(["call", "--json"] + sock + ["liveroom.testing.v1.TestService/UnaryCall", #"{"response_size": 3}"#])
+        XCTAssertEqual(unary.status, 0, unary.stderr)
+        XCTAssertEqual(unary.stdout, "{\"payload\":\"AAAA\"}\n")
+
+        let streamed = try ctl(["call", "--json"] + sock + ["liveroom.testing.v1.TestService.StreamingInputCall"],
+                               stdin: "{\"payload\": \"AAAA\"}\n{\"payload\": \"AAAAAAAA\"}\n")
+        XCTAssertEqual(streamed.stdout, "{\"aggregated_payload_size\":9}\n", streamed.stderr)
+
+        let server = try ctl(["call", "--json"] + sock + ["liveroom.testing.v1.TestService/StreamingOutputCall",
+                                                          #"{"response_parameters": [{"size": 1}, {"size": 2}]}"#])
+        XCTAssertEqual(server.stdout, "{\"payload\":\"AA==\"}\n{\"payload\":\"AAA=\"}\n", server.stderr)
+
+        let failing = try ctl(["call"] + sock + ["liveroom.testing.v1.TestService/UnaryCall",
+                                                 #"{"response_status": {"code": 5, "message": "no such room"}}"#])
+        XCTAssertNotEqual(failing.status, 0)
+        XCTAssertEqual(failing.stderr, "liveroomctl: NOT_FOUND: no such room\n")
+
+        let badJSON = try ctl(["call"] + sock + ["liveroom.testing.v1.TestService/UnaryCall", #"{"respons_size": 1}"#])
+        XCTAssertNotEqual(badJSON.status, 0)
+        XCTAssertTrue(badJSON.stderr.contains("has no field \"respons_size\""), badJSON.stderr)
+
+        let noToken = try ctl(["call", "--tcp", "127.0.0.1:\(daemon.tcpPort)", "liveroom.testing.v1.TestService/EmptyCall", "{}"])
+        XCTAssertTrue(noToken.stderr.hasPrefix("liveroomctl: UNAUTHENTICATED: "), noToken.stderr)
+
+        let withToken = try ctl(["call", "--tcp", "127.0.0.1:\(daemon.tcpPort)", "--token", daemon.token, "liveroom.testing.v1.TestService/EmptyCall", "{}"])
+        XCTAssertEqual(withToken.status, 0, withToken.stderr)
+
+        try await daemon.stop()
+        let down = try ctl(["health"] + sock)
+        XCTAssertNotEqual(down.status, 0)
+        XCTAssertEqual(down.stderr.split(separator: "\n").count, 1, "one line, no stack trace: \(down.stderr)")
+        XCTAssertTrue(down.stderr.contains("UNAVAILABLE") && down.stderr.contains("is liveroomd running?"), down.stderr)
+    }
+
+    func testMethodsAndDescribe() throws {
+        let methods = try ctl(["methods"])
+        XCTAssertTrue(methods.stdout.contains("/liveroom.v1.RoomService/CreateRoom  (unary)  liveroom.v1.CreateRoomRequest -> liveroom.v1.CreateRoomResponse"))
+        XCTAssertTrue(methods.stdout.contains("/liveroom.v1.MediaService/StreamData  (client-streaming)"))
+        let describe = try ctl(["describe", "liveroom.v1.Room"])
+        XCTAssertTrue(describe.stdout.contains("liveroom.v1.RoomStatus status = 10;"), describe.stdout)
+        let unknown = try ctl(["describe", "Rom"])
+        XCTAssertNotEqual(unknown.status, 0)
+    }
+}
