@@ -102,6 +102,15 @@ public struct FrameDecoder: ByteToMessageDecoder {
         return .needMoreData
     }
 
+    /// Decodes every complete frame in `bytes` (for fuzzing and tools; channels use the handler).
+    public mutating func decodeAll(_ bytes: inout ByteBuffer) throws -> [FrameEvent] {
+        var events: [FrameEvent] = []
+        while let event = try next(&bytes) {
+            if let event { events.append(event) }
+        }
+        return events
+    }
+
     /// nil: need more bytes; .some(nil): progress without an event.
     mutating func next(_ buffer: inout ByteBuffer) throws -> FrameEvent?? {
         if awaitingPreface {
@@ -195,7 +204,7 @@ public struct RPCPayload: Sendable, Hashable {
     }
 
     /// Splits a MESSAGE frame's payload.
-    init(frame: Frame) throws {
+    public init(frame: Frame) throws {
         guard frame.flags.contains(.attachment) else {
             self.init(body: frame.payload)
             return
