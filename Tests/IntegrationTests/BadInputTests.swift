@@ -162,3 +162,20 @@ final class BadInputTests: XCTestCase {
         try await daemon.stop()
     }
 }
+
+/// The byte-level example in docs/PROTOCOL.md, section 9, against a real daemon.
+final class ProtocolDocExampleTests: XCTestCase {
+    func testWorkedExampleBytes() async throws {
+        let daemon = try await DaemonProcess(tcp: false)
+        let raw = try await RawConnection.connect(daemon.unixEndpoint)
+        var bytes: [UInt8] = [0x4C, 0x52, 0x50, 0x43, 0x2F, 0x31, 0x0D, 0x0A]
+        bytes += [0x00, 0x00, 0x00, 0x21, 0x01, 0x00, 0x00, 0x00, 0x00, 0x01, 0x0A, 0x19] + Array("/liveroom.v1.Health/Check".utf8)
+        bytes += [0x00, 0x00, 0x00, 0x06, 0x02, 0x01, 0x00, 0x00, 0x00, 0x01]
+        let (received, _) = try await raw.exchange(bytes, timeout: .seconds(1))
+        XCTAssertEqual(received, [
+            0x00, 0x00, 0x00, 0x08, 0x02, 0x00, 0x00, 0x00, 0x00, 0x01, 0x08, 0x01,
+            0x00, 0x00, 0x00, 0x06, 0x04, 0x00, 0x00, 0x00, 0x00, 0x01,
+        ])
+        try await daemon.stop()
+    }
+}
