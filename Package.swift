@@ -74,6 +74,7 @@ let package = Package(
         .executableTarget(name: "liveroom-protogen", dependencies: ["LiveRoomCodec", "CLiveRoomProtos"]),
         .executableTarget(name: "liveroom-bench", dependencies: [
             "LiveRoomTesting",
+            .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "liveroom-fuzz", dependencies: ["LiveRoomRPC", "LiveRoomMessages"]),

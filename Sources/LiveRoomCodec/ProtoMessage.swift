@@ -13,9 +13,13 @@ public protocol ProtoMessage: Sendable, Hashable {
     init(reader: ProtoReader) throws
     /// Writes the fields into a C struct being built.
     func write(to writer: inout ProtoWriter) throws
+    /// True for `AttachmentCarrying` messages; lets coders skip a dynamic cast for the others.
+    static var carriesAttachment: Bool { get }
 }
 
 extension ProtoMessage {
+    public static var carriesAttachment: Bool { false }
+
     /// Decodes the protobuf wire format.
     public init(serializedBytes bytes: UnsafeRawBufferPointer) throws {
         self = try ProtoCodec.decode(Self.protoDescriptor, bytes) { try Self(reader: $0) }
@@ -98,19 +102,19 @@ final class Arena {
     private var current: UnsafeMutableRawPointer?
     private var used = 0
     private var capacity = 0
-    private static let blockSize = 2048
+    private static let blockSize = 1024
 
+    /// Uninitialised memory: message structs are set by `protobuf_c_message_init`, and arrays
+    /// and strings are written in full by the writer.
     func allocate(_ size: Int) -> UnsafeMutableRawPointer {
         let rounded = (max(size, 1) + 15) & ~15
         if rounded > Self.blockSize / 2 {
             let p = UnsafeMutableRawPointer.allocate(byteCount: rounded, alignment: 16)
-            p.initializeMemory(as: UInt8.self, repeating: 0, count: rounded)
             blocks.append(p)
             return p
         }
         if current == nil || used + rounded > capacity {
             let p = UnsafeMutableRawPointer.allocate(byteCount: Self.blockSize, alignment: 16)
-            p.initializeMemory(as: UInt8.self, repeating: 0, count: Self.blockSize)
             blocks.append(p)
             current = p
             used = 0

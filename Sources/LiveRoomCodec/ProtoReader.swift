@@ -28,11 +28,22 @@ public struct ProtoReader {
         }
     }
 
-    /// A numeric field (any integer or floating type whose C size matches `T`).
-    public func scalar<T: BinaryInteger & FixedWidthInteger>(_ index: Int, as: T.Type = T.self) -> T {
-        guard isSet(index) else { return 0 }
-        return base.loadUnaligned(fromByteOffset: descriptor.field(index).offset, as: T.self)
+    // Concrete accessors: generic ones are not specialised across modules and cost a
+    // runtime metadata lookup per field.
+    public func int32(_ index: Int) -> Int32 { isSet(index) ? load(index, Int32.self) : 0 }
+    public func uint32(_ index: Int) -> UInt32 { isSet(index) ? load(index, UInt32.self) : 0 }
+    public func int64(_ index: Int) -> Int64 { isSet(index) ? load(index, Int64.self) : 0 }
+    public func uint64(_ index: Int) -> UInt64 { isSet(index) ? load(index, UInt64.self) : 0 }
+
+    @inline(__always)
+    private func load<T>(_ index: Int, _: T.Type) -> T {
+        base.loadUnaligned(fromByteOffset: descriptor.field(index).offset, as: T.self)
     }
+
+    public func repeatedInt32(_ index: Int) -> [Int32] { repeated(index) { $0.loadUnaligned(as: Int32.self) } }
+    public func repeatedUInt32(_ index: Int) -> [UInt32] { repeated(index) { $0.loadUnaligned(as: UInt32.self) } }
+    public func repeatedInt64(_ index: Int) -> [Int64] { repeated(index) { $0.loadUnaligned(as: Int64.self) } }
+    public func repeatedUInt64(_ index: Int) -> [UInt64] { repeated(index) { $0.loadUnaligned(as: UInt64.self) } }
 
     public func float(_ index: Int) -> Float {
         isSet(index) ? base.loadUnaligned(fromByteOffset: descriptor.field(index).offset, as: Float.self) : 0
@@ -82,10 +93,6 @@ public struct ProtoReader {
         out.reserveCapacity(count)
         for i in 0..<count { out.append(try element(array + i * stride)) }
         return out
-    }
-
-    public func repeatedScalar<T: BinaryInteger & FixedWidthInteger>(_ index: Int, as: T.Type = T.self) -> [T] {
-        repeated(index) { $0.loadUnaligned(as: T.self) }
     }
 
     public func repeatedFloat(_ index: Int) -> [Float] { repeated(index) { $0.loadUnaligned(as: Float.self) } }

@@ -22,12 +22,22 @@ public struct ProtoWriter {
         }
     }
 
-    public func scalar<T: BinaryInteger & FixedWidthInteger>(_ index: Int, _ value: T) {
+    public func int32(_ index: Int, _ value: Int32) { store(index, value) }
+    public func uint32(_ index: Int, _ value: UInt32) { store(index, value) }
+    public func int64(_ index: Int, _ value: Int64) { store(index, value) }
+    public func uint64(_ index: Int, _ value: UInt64) { store(index, value) }
+
+    @inline(__always)
+    private func store<T>(_ index: Int, _ value: T) {
         let f = descriptor.field(index)
-        precondition(MemoryLayout<T>.size == f.type.cSize, "\(descriptor.fullName).\(f.name): wrong width")
         markPresent(f)
         base.storeBytes(of: value, toByteOffset: f.offset, as: T.self)
     }
+
+    public func repeatedInt32(_ index: Int, _ values: [Int32]) { repeated(index, values) { $0.storeBytes(of: $1, as: Int32.self) } }
+    public func repeatedUInt32(_ index: Int, _ values: [UInt32]) { repeated(index, values) { $0.storeBytes(of: $1, as: UInt32.self) } }
+    public func repeatedInt64(_ index: Int, _ values: [Int64]) { repeated(index, values) { $0.storeBytes(of: $1, as: Int64.self) } }
+    public func repeatedUInt64(_ index: Int, _ values: [UInt64]) { repeated(index, values) { $0.storeBytes(of: $1, as: UInt64.self) } }
 
     public func float(_ index: Int, _ value: Float) {
         let f = descriptor.field(index)
@@ -78,10 +88,6 @@ public struct ProtoWriter {
         for (i, v) in values.enumerated() { try store(array + i * stride, v) }
         base.storeBytes(of: values.count, toByteOffset: f.quantifierOffset, as: Int.self)
         base.storeBytes(of: UnsafeRawPointer(array), toByteOffset: f.offset, as: UnsafeRawPointer.self)
-    }
-
-    public func repeatedScalar<T: BinaryInteger & FixedWidthInteger>(_ index: Int, _ values: [T]) {
-        repeated(index, values) { $0.storeBytes(of: $1, as: T.self) }
     }
 
     public func repeatedFloat(_ index: Int, _ values: [Float]) {

@@ -1,6 +1,8 @@
 import NIOCore
 
 extension MediaChunk: AttachmentCarrying {
+    public static var carriesAttachment: Bool { true }
+
     public mutating func takeAttachment() -> ByteBuffer? {
         guard payload.readableBytes > 0 else { return nil }
         defer { payload = ByteBuffer() }
@@ -11,6 +13,8 @@ extension MediaChunk: AttachmentCarrying {
 }
 
 extension StreamDataRequest: AttachmentCarrying {
+    public static var carriesAttachment: Bool { true }
+
     public mutating func takeAttachment() -> ByteBuffer? {
         guard case .chunk(var c)? = message, let a = c.takeAttachment() else { return nil }
         message = .chunk(c)
@@ -25,6 +29,8 @@ extension StreamDataRequest: AttachmentCarrying {
 }
 
 extension WatchResponse: AttachmentCarrying {
+    public static var carriesAttachment: Bool { true }
+
     public mutating func takeAttachment() -> ByteBuffer? {
         guard case .chunk(var c)? = message, let a = c.takeAttachment() else { return nil }
         message = .chunk(c)

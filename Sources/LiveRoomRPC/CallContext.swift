@@ -16,8 +16,17 @@ public struct CallContext: Sendable {
     public let deadline: NIODeadline?
     public let transport: Transport
     public let peer: String
-    public var logger: Logger
+    let connectionLogger: Logger
     let responseMetadata: NIOLockedValueBox<ResponseMetadata>
+
+    /// A logger whose lines carry the call id and method. Built on use: setting logger metadata
+    /// is costly, and most calls log nothing.
+    public var logger: Logger {
+        var l = connectionLogger
+        l[metadataKey: "call"] = "\(callID)"
+        l[metadataKey: "method"] = "\(path)"
+        return l
+    }
 
     /// Metadata sent before the first response message (or with the status if there is none).
     public func setInitialMetadata(_ metadata: Metadata) {

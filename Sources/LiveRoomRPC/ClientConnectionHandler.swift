@@ -95,12 +95,21 @@ final class ClientConnectionHandler: ChannelInboundHandler {
         context.write(wrapOutboundOut(Frame(.headers, callID: id, payload: b)), promise: nil)
         if let request {
             call.halfClosed = true
-            _ = call.send.enqueue(request.frame(callID: id, end: true), context.eventLoop.makePromise())
-                .map { context.write(wrapOutboundOut($0.frame), promise: $0.promise) }
+            let frame = request.frame(callID: id, end: true)
+            call.send.consume(frame)
+            context.write(wrapOutboundOut(frame), promise: nil)
         }
         context.flush()
         return .success((id, stream))
     }
+
+    /// Opens a unary call; `outcome` carries the response or the failure.
+    func openUnary(path: String, metadata: Metadata, timeout: TimeAmount?, request: RPCPayload, outcome: EventLoopPromise<CallOutcome>) {
+        if case .failure(let status) = open(path: path, metadata: metadata, timeout: timeout, request: request, streaming: false, outcome: outcome) {
+            outcome.fail(status)
+        }
+    }
+
 
     func send(_ payload: RPCPayload, on id: UInt32, end: Bool) -> EventLoopFuture<Void> {
         guard let call = calls[id] else {

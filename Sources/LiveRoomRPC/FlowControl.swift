@@ -4,7 +4,8 @@ import NIOCore
 /// so one message up to the maximum frame size always fits; others wait for WINDOW_UPDATE.
 struct SendWindow {
     private(set) var credit = Frame.initialWindow
-    private var waiting = CircularBuffer<(frame: Frame, promise: EventLoopPromise<Void>)>()
+    /// Usually empty; an empty array costs no allocation, which matters at one window per call.
+    private var waiting: [(frame: Frame, promise: EventLoopPromise<Void>)] = []
 
     /// Returns the frames that may be written now, in order.
     mutating func enqueue(_ frame: Frame, _ promise: EventLoopPromise<Void>) -> [(frame: Frame, promise: EventLoopPromise<Void>)] {
@@ -19,16 +20,26 @@ struct SendWindow {
 
     private mutating func drain() -> [(frame: Frame, promise: EventLoopPromise<Void>)] {
         var ready: [(frame: Frame, promise: EventLoopPromise<Void>)] = []
-        while credit > 0, let next = waiting.popFirst() {
-            credit -= next.frame.payloadLength
-            ready.append(next)
+        var taken = 0
+        while credit > 0, taken < waiting.count {
+            credit -= waiting[taken].frame.payloadLength
+            ready.append(waiting[taken])
+            taken += 1
         }
+        waiting.removeFirst(taken)
         return ready
     }
 
     /// Fails every waiting send (the call ended).
     mutating func fail(_ error: Error) {
-        while let w = waiting.popFirst() { w.promise.fail(error) }
+        let failed = waiting
+        waiting.removeAll()
+        for w in failed { w.promise.fail(error) }
+    }
+
+    /// Takes credit for a frame written without queueing (the first message of a call).
+    mutating func consume(_ frame: Frame) {
+        credit -= frame.payloadLength
     }
 }
 

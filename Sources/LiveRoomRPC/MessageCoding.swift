@@ -6,7 +6,7 @@ public enum MessageCoding {
     public static func encode<M: ProtoMessage>(_ message: M) throws -> RPCPayload {
         var m = message
         var attachment: ByteBuffer?
-        if var carrier = m as? any AttachmentCarrying {
+        if M.carriesAttachment, var carrier = m as? any AttachmentCarrying {
             attachment = carrier.takeAttachment()
             if attachment != nil { m = carrier as! M }
         }
@@ -27,7 +27,7 @@ public enum MessageCoding {
         } catch {
             throw RPCStatus(code, "message is not a valid \(M.protoDescriptor.fullName): \(error)")
         }
-        if let a = payload.attachment, var carrier = m as? any AttachmentCarrying {
+        if let a = payload.attachment, M.carriesAttachment, var carrier = m as? any AttachmentCarrying {
             carrier.putAttachment(a)
             m = carrier as! M
         }

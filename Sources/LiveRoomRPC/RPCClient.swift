@@ -80,8 +80,14 @@ public final class RPCClient: Sendable {
 
     /// One request, one response.
     public func unary(path: String, request: RPCPayload, metadata: Metadata = Metadata(), timeout: Duration? = nil) async throws -> (RPCPayload, CallOutcome) {
-        let outcome = try await open(path: path, metadata: metadata, timeout: timeout, request: request, streaming: false).outcome
-        let result = try await outcome.get()
+        let connection = self.connection
+        let all = merged(metadata)
+        let amount = timeout.map(Self.timeAmount)
+        let outcome = connection.eventLoop.makePromise(of: CallOutcome.self)
+        connection.eventLoop.execute {
+            connection.value.openUnary(path: path, metadata: all, timeout: amount, request: request, outcome: outcome)
+        }
+        let result = try await outcome.futureResult.get()
         guard result.status.code == .ok else { throw result.status }
         guard let response = result.unaryResponse else {
             throw RPCStatus(.internal, "server ended a unary call with OK but sent no response message")
@@ -100,7 +106,7 @@ public final class RPCClient: Sendable {
     {
         let connection = self.connection
         let all = merged(metadata)
-        let amount = timeout.map { TimeAmount.nanoseconds(Int64($0.components.seconds) * 1_000_000_000 + $0.components.attoseconds / 1_000_000_000) }
+        let amount = timeout.map(Self.timeAmount)
         return try await connection.eventLoop.flatSubmit {
             let promise = connection.eventLoop.makePromise(of: CallOutcome.self)
             switch connection.value.open(path: path, metadata: all, timeout: amount, request: request, streaming: streaming, outcome: promise) {
@@ -111,6 +117,10 @@ public final class RPCClient: Sendable {
                 return connection.eventLoop.makeFailedFuture(status)
             }
         }.get()
+    }
+
+    static func timeAmount(_ d: Duration) -> TimeAmount {
+        .nanoseconds(Int64(d.components.seconds) * 1_000_000_000 + d.components.attoseconds / 1_000_000_000)
     }
 
     /// Round trip of a PING frame.

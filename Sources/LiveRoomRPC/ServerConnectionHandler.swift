@@ -143,12 +143,9 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         var metadata = Metadata()
         for e in header.metadata { metadata.add(e.key, e.value) }
         let deadline = header.timeoutMs > 0 ? NIODeadline.now() + .milliseconds(header.timeoutMs) : nil
-        var callLogger = logger
-        callLogger[metadataKey: "call"] = "\(id)"
-        callLogger[metadataKey: "method"] = "\(header.method)"
         let ctx = CallContext(
             callID: id, path: header.method, metadata: metadata, deadline: deadline, transport: transport,
-            peer: peer, logger: callLogger, responseMetadata: NIOLockedValueBox(ResponseMetadata()))
+            peer: peer, connectionLogger: logger, responseMetadata: NIOLockedValueBox(ResponseMetadata()))
         if let denied = authenticate?(ctx) {
             writeStatus(id, denied, trailers: Metadata())
             return
@@ -328,6 +325,11 @@ final class ServerConnectionHandler: ChannelInboundHandler {
 
     private func writeStatus(_ id: UInt32, _ status: RPCStatus, trailers: Metadata) {
         guard !closed else { return }
+        if status.code == .ok && status.message.isEmpty && trailers.isEmpty {
+            // An empty CallStatus is OK: the common case needs no encoding.
+            context.write(wrapOutboundOut(Frame(.status, callID: id)), promise: nil)
+            return
+        }
         var s = CallStatus()
         s.code = status.code.rawValue
         s.message = status.message.replacingOccurrences(of: "\u{0}", with: " ")

@@ -180,8 +180,8 @@ func readExpr(_ f: FieldDescriptor, _ i: Int) -> String {
         case .string: return "try r.repeatedString(\(i))"
         case .bytes: return "r.repeatedBytes(\(i))"
         case .message: return "try r.repeatedMessage(\(i), as: \(t).self)"
-        case .enumeration: return "r.repeatedScalar(\(i), as: Int32.self).map(\(t).init(rawValue:))"
-        default: return "r.repeatedScalar(\(i), as: \(t).self)"
+        case .enumeration: return "r.repeatedInt32(\(i)).map(\(t).init(rawValue:))"
+        default: return "r.repeated\(t)(\(i))"
         }
     }
     switch f.type {
@@ -191,13 +191,14 @@ func readExpr(_ f: FieldDescriptor, _ i: Int) -> String {
     case .string: return "try r.string(\(i))"
     case .bytes: return "r.bytes(\(i))"
     case .message: return "try r.message(\(i), as: \(t).self)"
-    case .enumeration: return "\(t)(rawValue: r.scalar(\(i), as: Int32.self))"
-    default: return "r.scalar(\(i), as: \(t).self)"
+    case .enumeration: return "\(t)(rawValue: r.int32(\(i)))"
+    default: return "r.\(t.lowercased())(\(i))"
     }
 }
 
 /// Writer statement for field `i` with value expression `v`.
 func writeStmt(_ f: FieldDescriptor, _ i: Int, _ v: String) -> String {
+    let t = swiftType(f)
     if f.isRepeated {
         switch f.type {
         case .float: return "w.repeatedFloat(\(i), \(v))"
@@ -206,8 +207,8 @@ func writeStmt(_ f: FieldDescriptor, _ i: Int, _ v: String) -> String {
         case .string: return "try w.repeatedString(\(i), \(v))"
         case .bytes: return "w.repeatedBytes(\(i), \(v))"
         case .message: return "try w.repeatedMessage(\(i), \(v))"
-        case .enumeration: return "w.repeatedScalar(\(i), \(v).map(\\.rawValue))"
-        default: return "w.repeatedScalar(\(i), \(v))"
+        case .enumeration: return "w.repeatedInt32(\(i), \(v).map(\\.rawValue))"
+        default: return "w.repeated\(t)(\(i), \(v))"
         }
     }
     switch f.type {
@@ -217,8 +218,8 @@ func writeStmt(_ f: FieldDescriptor, _ i: Int, _ v: String) -> String {
     case .string: return "try w.string(\(i), \(v))"
     case .bytes: return "w.bytes(\(i), \(v))"
     case .message: return "try w.message(\(i), \(v))"
-    case .enumeration: return "w.scalar(\(i), \(v).rawValue)"
-    default: return "w.scalar(\(i), \(v))"
+    case .enumeration: return "w.int32(\(i), \(v).rawValue)"
+    default: return "w.\(t.lowercased())(\(i), \(v))"
     }
 }
 

@@ -8,6 +8,13 @@ import NIOPosix
 /// liveroomd: the LiveRoom daemon.
 @main
 struct LiveRoomd: AsyncParsableCommand {
+    /// Runs Swift concurrency on NIO's event loops, so handler tasks and I/O share threads
+    /// instead of hopping between two pools on every call.
+    static func main() async {
+        NIOSingletons.unsafeTryInstallSingletonPosixEventLoopGroupAsConcurrencyGlobalExecutor()
+        await main(nil)
+    }
+
     static let configuration = CommandConfiguration(
         commandName: "liveroomd",
         abstract: "The LiveRoom daemon: rooms on many live platforms, media fan-out and audience statistics.")

@@ -37,13 +37,13 @@ public struct CallHeader: ProtoMessage {
     public init(reader r: ProtoReader) throws {
         self.method = try r.string(0)
         self.metadata = try r.repeatedMessage(1, as: MetadataEntry.self)
-        self.timeoutMs = r.scalar(2, as: Int64.self)
+        self.timeoutMs = r.int64(2)
     }
 
     public func write(to w: inout ProtoWriter) throws {
         if !method.isEmpty { try w.string(0, method) }
         try w.repeatedMessage(1, metadata)
-        if timeoutMs != 0 { w.scalar(2, timeoutMs) }
+        if timeoutMs != 0 { w.int64(2, timeoutMs) }
     }
 }
 
@@ -76,14 +76,14 @@ public struct CallStatus: ProtoMessage {
     public init() {}
 
     public init(reader r: ProtoReader) throws {
-        self.code = r.scalar(0, as: Int32.self)
+        self.code = r.int32(0)
         self.message = try r.string(1)
         self.details = r.bytes(2)
         self.trailers = try r.repeatedMessage(3, as: MetadataEntry.self)
     }
 
     public func write(to w: inout ProtoWriter) throws {
-        if code != 0 { w.scalar(0, code) }
+        if code != 0 { w.int32(0, code) }
         if !message.isEmpty { try w.string(1, message) }
         if details.readableBytes > 0 { w.bytes(2, details) }
         try w.repeatedMessage(3, trailers)
@@ -101,14 +101,14 @@ public struct GoAway: ProtoMessage {
     public init() {}
 
     public init(reader r: ProtoReader) throws {
-        self.lastCallId = r.scalar(0, as: UInt32.self)
-        self.code = r.scalar(1, as: Int32.self)
+        self.lastCallId = r.uint32(0)
+        self.code = r.int32(1)
         self.message = try r.string(2)
     }
 
     public func write(to w: inout ProtoWriter) throws {
-        if lastCallId != 0 { w.scalar(0, lastCallId) }
-        if code != 0 { w.scalar(1, code) }
+        if lastCallId != 0 { w.uint32(0, lastCallId) }
+        if code != 0 { w.int32(1, code) }
         if !message.isEmpty { try w.string(2, message) }
     }
 }

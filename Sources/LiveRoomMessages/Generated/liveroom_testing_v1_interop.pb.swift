@@ -42,12 +42,12 @@ public struct EchoStatus: ProtoMessage {
     public init() {}
 
     public init(reader r: ProtoReader) throws {
-        self.code = r.scalar(0, as: Int32.self)
+        self.code = r.int32(0)
         self.message = try r.string(1)
     }
 
     public func write(to w: inout ProtoWriter) throws {
-        if code != 0 { w.scalar(0, code) }
+        if code != 0 { w.int32(0, code) }
         if !message.isEmpty { try w.string(1, message) }
     }
 }
@@ -64,17 +64,17 @@ public struct SimpleRequest: ProtoMessage {
     public init() {}
 
     public init(reader r: ProtoReader) throws {
-        self.responseSize = r.scalar(0, as: Int32.self)
+        self.responseSize = r.int32(0)
         self.payload = r.bytes(1)
         self.responseStatus = try r.message(2, as: EchoStatus.self)
-        self.sleepMs = r.scalar(3, as: Int64.self)
+        self.sleepMs = r.int64(3)
     }
 
     public func write(to w: inout ProtoWriter) throws {
-        if responseSize != 0 { w.scalar(0, responseSize) }
+        if responseSize != 0 { w.int32(0, responseSize) }
         if payload.readableBytes > 0 { w.bytes(1, payload) }
         try w.message(2, responseStatus)
-        if sleepMs != 0 { w.scalar(3, sleepMs) }
+        if sleepMs != 0 { w.int64(3, sleepMs) }
     }
 }
 
@@ -121,11 +121,11 @@ public struct StreamingInputCallResponse: ProtoMessage {
     public init() {}
 
     public init(reader r: ProtoReader) throws {
-        self.aggregatedPayloadSize = r.scalar(0, as: Int32.self)
+        self.aggregatedPayloadSize = r.int32(0)
     }
 
     public func write(to w: inout ProtoWriter) throws {
-        if aggregatedPayloadSize != 0 { w.scalar(0, aggregatedPayloadSize) }
+        if aggregatedPayloadSize != 0 { w.int32(0, aggregatedPayloadSize) }
     }
 }
 
@@ -139,13 +139,13 @@ public struct ResponseParameters: ProtoMessage {
     public init() {}
 
     public init(reader r: ProtoReader) throws {
-        self.size = r.scalar(0, as: Int32.self)
-        self.intervalMs = r.scalar(1, as: Int64.self)
+        self.size = r.int32(0)
+        self.intervalMs = r.int64(1)
     }
 
     public func write(to w: inout ProtoWriter) throws {
-        if size != 0 { w.scalar(0, size) }
-        if intervalMs != 0 { w.scalar(1, intervalMs) }
+        if size != 0 { w.int32(0, size) }
+        if intervalMs != 0 { w.int64(1, intervalMs) }
     }
 }
 
@@ -228,31 +228,31 @@ public struct AllTypes: ProtoMessage {
     public init() {}
 
     public init(reader r: ProtoReader) throws {
-        self.i32 = r.scalar(0, as: Int32.self)
-        self.i64 = r.scalar(1, as: Int64.self)
-        self.u32 = r.scalar(2, as: UInt32.self)
-        self.u64 = r.scalar(3, as: UInt64.self)
-        self.s32 = r.scalar(4, as: Int32.self)
-        self.s64 = r.scalar(5, as: Int64.self)
-        self.f32 = r.scalar(6, as: UInt32.self)
-        self.f64 = r.scalar(7, as: UInt64.self)
-        self.sf32 = r.scalar(8, as: Int32.self)
-        self.sf64 = r.scalar(9, as: Int64.self)
+        self.i32 = r.int32(0)
+        self.i64 = r.int64(1)
+        self.u32 = r.uint32(2)
+        self.u64 = r.uint64(3)
+        self.s32 = r.int32(4)
+        self.s64 = r.int64(5)
+        self.f32 = r.uint32(6)
+        self.f64 = r.uint64(7)
+        self.sf32 = r.int32(8)
+        self.sf64 = r.int64(9)
         self.fl = r.float(10)
         self.db = r.double(11)
         self.flag = r.bool(12)
         self.text = try r.string(13)
         self.blob = r.bytes(14)
-        self.color = Color(rawValue: r.scalar(15, as: Int32.self))
+        self.color = Color(rawValue: r.int32(15))
         self.nested = try r.message(16, as: EchoStatus.self)
-        self.manyInts = r.repeatedScalar(17, as: Int64.self)
+        self.manyInts = r.repeatedInt64(17)
         self.manyTexts = try r.repeatedString(18)
         self.manyNested = try r.repeatedMessage(19, as: EchoStatus.self)
-        self.manyColors = r.repeatedScalar(20, as: Int32.self).map(Color.init(rawValue:))
+        self.manyColors = r.repeatedInt32(20).map(Color.init(rawValue:))
         self.manyBlobs = r.repeatedBytes(21)
         switch r.oneofCase(22) {
         case 23: self.choice = .choiceText(try r.string(22))
-        case 24: self.choice = .choiceNumber(r.scalar(23, as: Int64.self))
+        case 24: self.choice = .choiceNumber(r.int64(23))
         case 25: self.choice = .choiceMessage((try r.message(24, as: EchoStatus.self) ?? EchoStatus()))
         default: self.choice = nil
         }
@@ -261,31 +261,31 @@ public struct AllTypes: ProtoMessage {
     }
 
     public func write(to w: inout ProtoWriter) throws {
-        if i32 != 0 { w.scalar(0, i32) }
-        if i64 != 0 { w.scalar(1, i64) }
-        if u32 != 0 { w.scalar(2, u32) }
-        if u64 != 0 { w.scalar(3, u64) }
-        if s32 != 0 { w.scalar(4, s32) }
-        if s64 != 0 { w.scalar(5, s64) }
-        if f32 != 0 { w.scalar(6, f32) }
-        if f64 != 0 { w.scalar(7, f64) }
-        if sf32 != 0 { w.scalar(8, sf32) }
-        if sf64 != 0 { w.scalar(9, sf64) }
+        if i32 != 0 { w.int32(0, i32) }
+        if i64 != 0 { w.int64(1, i64) }
+        if u32 != 0 { w.uint32(2, u32) }
+        if u64 != 0 { w.uint64(3, u64) }
+        if s32 != 0 { w.int32(4, s32) }
+        if s64 != 0 { w.int64(5, s64) }
+        if f32 != 0 { w.uint32(6, f32) }
+        if f64 != 0 { w.uint64(7, f64) }
+        if sf32 != 0 { w.int32(8, sf32) }
+        if sf64 != 0 { w.int64(9, sf64) }
         if fl != 0 { w.float(10, fl) }
         if db != 0 { w.double(11, db) }
         if flag { w.bool(12, flag) }
         if !text.isEmpty { try w.string(13, text) }
         if blob.readableBytes > 0 { w.bytes(14, blob) }
-        if color.rawValue != 0 { w.scalar(15, color.rawValue) }
+        if color.rawValue != 0 { w.int32(15, color.rawValue) }
         try w.message(16, nested)
-        w.repeatedScalar(17, manyInts)
+        w.repeatedInt64(17, manyInts)
         try w.repeatedString(18, manyTexts)
         try w.repeatedMessage(19, manyNested)
-        w.repeatedScalar(20, manyColors.map(\.rawValue))
+        w.repeatedInt32(20, manyColors.map(\.rawValue))
         w.repeatedBytes(21, manyBlobs)
         switch choice {
         case .choiceText(let v)?: try w.string(22, v)
-        case .choiceNumber(let v)?: w.scalar(23, v)
+        case .choiceNumber(let v)?: w.int64(23, v)
         case .choiceMessage(let v)?: try w.message(24, v)
         case nil: break
         }

@@ -25,31 +25,31 @@ public struct AudienceReport: ProtoMessage {
 
     public init(reader r: ProtoReader) throws {
         self.connectorId = try r.string(0)
-        self.sequence = r.scalar(1, as: UInt64.self)
+        self.sequence = r.uint64(1)
         self.roomId = try r.string(2)
-        self.reportedAtMs = r.scalar(3, as: Int64.self)
-        self.viewersOnline = r.scalar(4, as: Int64.self)
-        self.newViewers = r.scalar(5, as: Int64.self)
-        self.comments = r.scalar(6, as: Int64.self)
-        self.likes = r.scalar(7, as: Int64.self)
-        self.interactions = r.scalar(8, as: Int64.self)
-        self.gifts = r.scalar(9, as: Int64.self)
-        self.itemsSold = r.scalar(10, as: Int64.self)
+        self.reportedAtMs = r.int64(3)
+        self.viewersOnline = r.int64(4)
+        self.newViewers = r.int64(5)
+        self.comments = r.int64(6)
+        self.likes = r.int64(7)
+        self.interactions = r.int64(8)
+        self.gifts = r.int64(9)
+        self.itemsSold = r.int64(10)
         self.sales = try r.message(11, as: Money.self)
     }
 
     public func write(to w: inout ProtoWriter) throws {
         if !connectorId.isEmpty { try w.string(0, connectorId) }
-        if sequence != 0 { w.scalar(1, sequence) }
+        if sequence != 0 { w.uint64(1, sequence) }
         if !roomId.isEmpty { try w.string(2, roomId) }
-        if reportedAtMs != 0 { w.scalar(3, reportedAtMs) }
-        if viewersOnline != 0 { w.scalar(4, viewersOnline) }
-        if newViewers != 0 { w.scalar(5, newViewers) }
-        if comments != 0 { w.scalar(6, comments) }
-        if likes != 0 { w.scalar(7, likes) }
-        if interactions != 0 { w.scalar(8, interactions) }
-        if gifts != 0 { w.scalar(9, gifts) }
-        if itemsSold != 0 { w.scalar(10, itemsSold) }
+        if reportedAtMs != 0 { w.int64(3, reportedAtMs) }
+        if viewersOnline != 0 { w.int64(4, viewersOnline) }
+        if newViewers != 0 { w.int64(5, newViewers) }
+        if comments != 0 { w.int64(6, comments) }
+        if likes != 0 { w.int64(7, likes) }
+        if interactions != 0 { w.int64(8, interactions) }
+        if gifts != 0 { w.int64(9, gifts) }
+        if itemsSold != 0 { w.int64(10, itemsSold) }
         try w.message(11, sales)
     }
 }
@@ -66,15 +66,15 @@ public struct AudienceAck: ProtoMessage {
     public init() {}
 
     public init(reader r: ProtoReader) throws {
-        self.sequence = r.scalar(0, as: UInt64.self)
-        self.code = r.scalar(1, as: Int32.self)
+        self.sequence = r.uint64(0)
+        self.code = r.int32(1)
         self.message = try r.string(2)
         self.duplicate = r.bool(3)
     }
 
     public func write(to w: inout ProtoWriter) throws {
-        if sequence != 0 { w.scalar(0, sequence) }
-        if code != 0 { w.scalar(1, code) }
+        if sequence != 0 { w.uint64(0, sequence) }
+        if code != 0 { w.int32(1, code) }
         if !message.isEmpty { try w.string(2, message) }
         if duplicate { w.bool(3, duplicate) }
     }
@@ -109,17 +109,17 @@ public struct ViewerStats: ProtoMessage {
     public init() {}
 
     public init(reader r: ProtoReader) throws {
-        self.onlineNow = r.scalar(0, as: Int64.self)
-        self.distinctViewers = r.scalar(1, as: Int64.self)
-        self.peakConcurrent = r.scalar(2, as: Int64.self)
-        self.totalWatchMs = r.scalar(3, as: Int64.self)
+        self.onlineNow = r.int64(0)
+        self.distinctViewers = r.int64(1)
+        self.peakConcurrent = r.int64(2)
+        self.totalWatchMs = r.int64(3)
     }
 
     public func write(to w: inout ProtoWriter) throws {
-        if onlineNow != 0 { w.scalar(0, onlineNow) }
-        if distinctViewers != 0 { w.scalar(1, distinctViewers) }
-        if peakConcurrent != 0 { w.scalar(2, peakConcurrent) }
-        if totalWatchMs != 0 { w.scalar(3, totalWatchMs) }
+        if onlineNow != 0 { w.int64(0, onlineNow) }
+        if distinctViewers != 0 { w.int64(1, distinctViewers) }
+        if peakConcurrent != 0 { w.int64(2, peakConcurrent) }
+        if totalWatchMs != 0 { w.int64(3, totalWatchMs) }
     }
 }
 
@@ -144,32 +144,32 @@ public struct PlatformAudience: ProtoMessage {
 
     public init(reader r: ProtoReader) throws {
         self.platformId = try r.string(0)
-        self.viewersOnline = r.scalar(1, as: Int64.self)
-        self.peakViewersOnline = r.scalar(2, as: Int64.self)
-        self.newViewers = r.scalar(3, as: Int64.self)
-        self.comments = r.scalar(4, as: Int64.self)
-        self.likes = r.scalar(5, as: Int64.self)
-        self.interactions = r.scalar(6, as: Int64.self)
-        self.gifts = r.scalar(7, as: Int64.self)
-        self.itemsSold = r.scalar(8, as: Int64.self)
+        self.viewersOnline = r.int64(1)
+        self.peakViewersOnline = r.int64(2)
+        self.newViewers = r.int64(3)
+        self.comments = r.int64(4)
+        self.likes = r.int64(5)
+        self.interactions = r.int64(6)
+        self.gifts = r.int64(7)
+        self.itemsSold = r.int64(8)
         self.sales = try r.message(9, as: Money.self)
-        self.reports = r.scalar(10, as: Int64.self)
-        self.lastReportAtMs = r.scalar(11, as: Int64.self)
+        self.reports = r.int64(10)
+        self.lastReportAtMs = r.int64(11)
     }
 
     public func write(to w: inout ProtoWriter) throws {
         if !platformId.isEmpty { try w.string(0, platformId) }
-        if viewersOnline != 0 { w.scalar(1, viewersOnline) }
-        if peakViewersOnline != 0 { w.scalar(2, peakViewersOnline) }
-        if newViewers != 0 { w.scalar(3, newViewers) }
-        if comments != 0 { w.scalar(4, comments) }
-        if likes != 0 { w.scalar(5, likes) }
-        if interactions != 0 { w.scalar(6, interactions) }
-        if gifts != 0 { w.scalar(7, gifts) }
-        if itemsSold != 0 { w.scalar(8, itemsSold) }
+        if viewersOnline != 0 { w.int64(1, viewersOnline) }
+        if peakViewersOnline != 0 { w.int64(2, peakViewersOnline) }
+        if newViewers != 0 { w.int64(3, newViewers) }
+        if comments != 0 { w.int64(4, comments) }
+        if likes != 0 { w.int64(5, likes) }
+        if interactions != 0 { w.int64(6, interactions) }
+        if gifts != 0 { w.int64(7, gifts) }
+        if itemsSold != 0 { w.int64(8, itemsSold) }
         try w.message(9, sales)
-        if reports != 0 { w.scalar(10, reports) }
-        if lastReportAtMs != 0 { w.scalar(11, lastReportAtMs) }
+        if reports != 0 { w.int64(10, reports) }
+        if lastReportAtMs != 0 { w.int64(11, lastReportAtMs) }
     }
 }
 
@@ -191,28 +191,28 @@ public struct AudienceMinute: ProtoMessage {
     public init() {}
 
     public init(reader r: ProtoReader) throws {
-        self.minuteStartMs = r.scalar(0, as: Int64.self)
+        self.minuteStartMs = r.int64(0)
         self.platformId = try r.string(1)
-        self.viewersOnline = r.scalar(2, as: Int64.self)
-        self.newViewers = r.scalar(3, as: Int64.self)
-        self.comments = r.scalar(4, as: Int64.self)
-        self.likes = r.scalar(5, as: Int64.self)
-        self.interactions = r.scalar(6, as: Int64.self)
-        self.gifts = r.scalar(7, as: Int64.self)
-        self.itemsSold = r.scalar(8, as: Int64.self)
+        self.viewersOnline = r.int64(2)
+        self.newViewers = r.int64(3)
+        self.comments = r.int64(4)
+        self.likes = r.int64(5)
+        self.interactions = r.int64(6)
+        self.gifts = r.int64(7)
+        self.itemsSold = r.int64(8)
         self.sales = try r.message(9, as: Money.self)
     }
 
     public func write(to w: inout ProtoWriter) throws {
-        if minuteStartMs != 0 { w.scalar(0, minuteStartMs) }
+        if minuteStartMs != 0 { w.int64(0, minuteStartMs) }
         if !platformId.isEmpty { try w.string(1, platformId) }
-        if viewersOnline != 0 { w.scalar(2, viewersOnline) }
-        if newViewers != 0 { w.scalar(3, newViewers) }
-        if comments != 0 { w.scalar(4, comments) }
-        if likes != 0 { w.scalar(5, likes) }
-        if interactions != 0 { w.scalar(6, interactions) }
-        if gifts != 0 { w.scalar(7, gifts) }
-        if itemsSold != 0 { w.scalar(8, itemsSold) }
+        if viewersOnline != 0 { w.int64(2, viewersOnline) }
+        if newViewers != 0 { w.int64(3, newViewers) }
+        if comments != 0 { w.int64(4, comments) }
+        if likes != 0 { w.int64(5, likes) }
+        if interactions != 0 { w.int64(6, interactions) }
+        if gifts != 0 { w.int64(7, gifts) }
+        if itemsSold != 0 { w.int64(8, itemsSold) }
         try w.message(9, sales)
     }
 }
@@ -236,8 +236,8 @@ public struct GetRoomStatsResponse: ProtoMessage {
         self.viewers = try r.message(1, as: ViewerStats.self)
         self.platforms = try r.repeatedMessage(2, as: PlatformAudience.self)
         self.allPlatforms = try r.message(3, as: PlatformAudience.self)
-        self.combinedReach = r.scalar(4, as: Int64.self)
-        self.combinedOnline = r.scalar(5, as: Int64.self)
+        self.combinedReach = r.int64(4)
+        self.combinedOnline = r.int64(5)
         self.minutes = try r.repeatedMessage(6, as: AudienceMinute.self)
     }
 
@@ -246,8 +246,8 @@ public struct GetRoomStatsResponse: ProtoMessage {
         try w.message(1, viewers)
         try w.repeatedMessage(2, platforms)
         try w.message(3, allPlatforms)
-        if combinedReach != 0 { w.scalar(4, combinedReach) }
-        if combinedOnline != 0 { w.scalar(5, combinedOnline) }
+        if combinedReach != 0 { w.int64(4, combinedReach) }
+        if combinedOnline != 0 { w.int64(5, combinedOnline) }
         try w.repeatedMessage(6, minutes)
     }
 }
@@ -265,14 +265,14 @@ public struct ListViewersRequest: ProtoMessage {
 
     public init(reader r: ProtoReader) throws {
         self.roomId = try r.string(0)
-        self.pageSize = r.scalar(1, as: Int32.self)
+        self.pageSize = r.int32(1)
         self.pageToken = try r.string(2)
         self.onlineOnly = r.bool(3)
     }
 
     public func write(to w: inout ProtoWriter) throws {
         if !roomId.isEmpty { try w.string(0, roomId) }
-        if pageSize != 0 { w.scalar(1, pageSize) }
+        if pageSize != 0 { w.int32(1, pageSize) }
         if !pageToken.isEmpty { try w.string(2, pageToken) }
         if onlineOnly { w.bool(3, onlineOnly) }
     }
@@ -298,10 +298,10 @@ public struct Viewer: ProtoMessage {
         self.name = try r.string(1)
         self.phone = try r.string(2)
         self.online = r.bool(3)
-        self.firstEntryAtMs = r.scalar(4, as: Int64.self)
-        self.lastLeaveAtMs = r.scalar(5, as: Int64.self)
-        self.timesLeft = r.scalar(6, as: Int64.self)
-        self.watchMs = r.scalar(7, as: Int64.self)
+        self.firstEntryAtMs = r.int64(4)
+        self.lastLeaveAtMs = r.int64(5)
+        self.timesLeft = r.int64(6)
+        self.watchMs = r.int64(7)
     }
 
     public func write(to w: inout ProtoWriter) throws {
@@ -309,10 +309,10 @@ public struct Viewer: ProtoMessage {
         if !name.isEmpty { try w.string(1, name) }
         if !phone.isEmpty { try w.string(2, phone) }
         if online { w.bool(3, online) }
-        if firstEntryAtMs != 0 { w.scalar(4, firstEntryAtMs) }
-        if lastLeaveAtMs != 0 { w.scalar(5, lastLeaveAtMs) }
-        if timesLeft != 0 { w.scalar(6, timesLeft) }
-        if watchMs != 0 { w.scalar(7, watchMs) }
+        if firstEntryAtMs != 0 { w.int64(4, firstEntryAtMs) }
+        if lastLeaveAtMs != 0 { w.int64(5, lastLeaveAtMs) }
+        if timesLeft != 0 { w.int64(6, timesLeft) }
+        if watchMs != 0 { w.int64(7, watchMs) }
     }
 }
 

@@ -67,12 +67,12 @@ public struct Money: ProtoMessage {
     public init() {}
 
     public init(reader r: ProtoReader) throws {
-        self.minorUnits = r.scalar(0, as: Int64.self)
+        self.minorUnits = r.int64(0)
         self.currency = try r.string(1)
     }
 
     public func write(to w: inout ProtoWriter) throws {
-        if minorUnits != 0 { w.scalar(0, minorUnits) }
+        if minorUnits != 0 { w.int64(0, minorUnits) }
         if !currency.isEmpty { try w.string(1, currency) }
     }
 }
@@ -103,18 +103,18 @@ public struct Room: ProtoMessage {
     public init(reader r: ProtoReader) throws {
         self.roomId = try r.string(0)
         self.title = try r.string(1)
-        self.kind = RoomKind(rawValue: r.scalar(2, as: Int32.self))
+        self.kind = RoomKind(rawValue: r.int32(2))
         self.platformId = try r.string(3)
-        self.playMode = PlayMode(rawValue: r.scalar(4, as: Int32.self))
+        self.playMode = PlayMode(rawValue: r.int32(4))
         self.ownerId = try r.string(5)
         self.pushServer = try r.string(6)
         self.streamKey = try r.string(7)
         self.playUrl = try r.string(8)
-        self.status = RoomStatus(rawValue: r.scalar(9, as: Int32.self))
-        self.keyStatus = KeyStatus(rawValue: r.scalar(10, as: Int32.self))
-        self.keyExpiresAtMs = r.scalar(11, as: Int64.self)
-        self.createdAtMs = r.scalar(12, as: Int64.self)
-        self.updatedAtMs = r.scalar(13, as: Int64.self)
+        self.status = RoomStatus(rawValue: r.int32(9))
+        self.keyStatus = KeyStatus(rawValue: r.int32(10))
+        self.keyExpiresAtMs = r.int64(11)
+        self.createdAtMs = r.int64(12)
+        self.updatedAtMs = r.int64(13)
         self.platformRoomId = try r.string(14)
         self.requestId = try r.string(15)
     }
@@ -122,18 +122,18 @@ public struct Room: ProtoMessage {
     public func write(to w: inout ProtoWriter) throws {
         if !roomId.isEmpty { try w.string(0, roomId) }
         if !title.isEmpty { try w.string(1, title) }
-        if kind.rawValue != 0 { w.scalar(2, kind.rawValue) }
+        if kind.rawValue != 0 { w.int32(2, kind.rawValue) }
         if !platformId.isEmpty { try w.string(3, platformId) }
-        if playMode.rawValue != 0 { w.scalar(4, playMode.rawValue) }
+        if playMode.rawValue != 0 { w.int32(4, playMode.rawValue) }
         if !ownerId.isEmpty { try w.string(5, ownerId) }
         if !pushServer.isEmpty { try w.string(6, pushServer) }
         if !streamKey.isEmpty { try w.string(7, streamKey) }
         if !playUrl.isEmpty { try w.string(8, playUrl) }
-        if status.rawValue != 0 { w.scalar(9, status.rawValue) }
-        if keyStatus.rawValue != 0 { w.scalar(10, keyStatus.rawValue) }
-        if keyExpiresAtMs != 0 { w.scalar(11, keyExpiresAtMs) }
-        if createdAtMs != 0 { w.scalar(12, createdAtMs) }
-        if updatedAtMs != 0 { w.scalar(13, updatedAtMs) }
+        if status.rawValue != 0 { w.int32(9, status.rawValue) }
+        if keyStatus.rawValue != 0 { w.int32(10, keyStatus.rawValue) }
+        if keyExpiresAtMs != 0 { w.int64(11, keyExpiresAtMs) }
+        if createdAtMs != 0 { w.int64(12, createdAtMs) }
+        if updatedAtMs != 0 { w.int64(13, updatedAtMs) }
         if !platformRoomId.isEmpty { try w.string(14, platformRoomId) }
         if !requestId.isEmpty { try w.string(15, requestId) }
     }
@@ -164,7 +164,7 @@ public struct Platform: ProtoMessage {
         self.connectorAddress = try r.string(5)
         self.reachable = r.bool(6)
         self.unreachableReason = try r.string(7)
-        self.keyTtlMs = r.scalar(8, as: Int64.self)
+        self.keyTtlMs = r.int64(8)
     }
 
     public func write(to w: inout ProtoWriter) throws {
@@ -176,7 +176,7 @@ public struct Platform: ProtoMessage {
         if !connectorAddress.isEmpty { try w.string(5, connectorAddress) }
         if reachable { w.bool(6, reachable) }
         if !unreachableReason.isEmpty { try w.string(7, unreachableReason) }
-        if keyTtlMs != 0 { w.scalar(8, keyTtlMs) }
+        if keyTtlMs != 0 { w.int64(8, keyTtlMs) }
     }
 }
 
@@ -193,16 +193,16 @@ public struct MediaChunk: ProtoMessage {
     public init() {}
 
     public init(reader r: ProtoReader) throws {
-        self.sequence = r.scalar(0, as: UInt64.self)
-        self.timestampMs = r.scalar(1, as: Int64.self)
+        self.sequence = r.uint64(0)
+        self.timestampMs = r.int64(1)
         self.keyframe = r.bool(2)
         self.header = r.bool(3)
         self.payload = r.bytes(4)
     }
 
     public func write(to w: inout ProtoWriter) throws {
-        if sequence != 0 { w.scalar(0, sequence) }
-        if timestampMs != 0 { w.scalar(1, timestampMs) }
+        if sequence != 0 { w.uint64(0, sequence) }
+        if timestampMs != 0 { w.int64(1, timestampMs) }
         if keyframe { w.bool(2, keyframe) }
         if header { w.bool(3, header) }
         if payload.readableBytes > 0 { w.bytes(4, payload) }

@@ -44,11 +44,11 @@ public struct HealthCheckResponse: ProtoMessage {
     public init() {}
 
     public init(reader r: ProtoReader) throws {
-        self.status = ServingStatus(rawValue: r.scalar(0, as: Int32.self))
+        self.status = ServingStatus(rawValue: r.int32(0))
     }
 
     public func write(to w: inout ProtoWriter) throws {
-        if status.rawValue != 0 { w.scalar(0, status.rawValue) }
+        if status.rawValue != 0 { w.int32(0, status.rawValue) }
     }
 }
 

@@ -84,17 +84,17 @@ public struct StreamDataResponse: ProtoMessage {
     public init() {}
 
     public init(reader r: ProtoReader) throws {
-        self.chunksReceived = r.scalar(0, as: UInt64.self)
-        self.bytesReceived = r.scalar(1, as: UInt64.self)
-        self.startedAtMs = r.scalar(2, as: Int64.self)
-        self.endedAtMs = r.scalar(3, as: Int64.self)
+        self.chunksReceived = r.uint64(0)
+        self.bytesReceived = r.uint64(1)
+        self.startedAtMs = r.int64(2)
+        self.endedAtMs = r.int64(3)
     }
 
     public func write(to w: inout ProtoWriter) throws {
-        if chunksReceived != 0 { w.scalar(0, chunksReceived) }
-        if bytesReceived != 0 { w.scalar(1, bytesReceived) }
-        if startedAtMs != 0 { w.scalar(2, startedAtMs) }
-        if endedAtMs != 0 { w.scalar(3, endedAtMs) }
+        if chunksReceived != 0 { w.uint64(0, chunksReceived) }
+        if bytesReceived != 0 { w.uint64(1, bytesReceived) }
+        if startedAtMs != 0 { w.int64(2, startedAtMs) }
+        if endedAtMs != 0 { w.int64(3, endedAtMs) }
     }
 }
 
@@ -135,15 +135,15 @@ public struct StreamEvent: ProtoMessage {
     public init() {}
 
     public init(reader r: ProtoReader) throws {
-        self.kind = StreamEventKind(rawValue: r.scalar(0, as: Int32.self))
-        self.atMs = r.scalar(1, as: Int64.self)
-        self.skippedChunks = r.scalar(2, as: UInt64.self)
+        self.kind = StreamEventKind(rawValue: r.int32(0))
+        self.atMs = r.int64(1)
+        self.skippedChunks = r.uint64(2)
     }
 
     public func write(to w: inout ProtoWriter) throws {
-        if kind.rawValue != 0 { w.scalar(0, kind.rawValue) }
-        if atMs != 0 { w.scalar(1, atMs) }
-        if skippedChunks != 0 { w.scalar(2, skippedChunks) }
+        if kind.rawValue != 0 { w.int32(0, kind.rawValue) }
+        if atMs != 0 { w.int64(1, atMs) }
+        if skippedChunks != 0 { w.uint64(2, skippedChunks) }
     }
 }
 

@@ -17,14 +17,14 @@ public struct CreatePlatformRoomRequest: ProtoMessage {
 
     public init(reader r: ProtoReader) throws {
         self.title = try r.string(0)
-        self.kind = RoomKind(rawValue: r.scalar(1, as: Int32.self))
+        self.kind = RoomKind(rawValue: r.int32(1))
         self.ownerId = try r.string(2)
         self.requestId = try r.string(3)
     }
 
     public func write(to w: inout ProtoWriter) throws {
         if !title.isEmpty { try w.string(0, title) }
-        if kind.rawValue != 0 { w.scalar(1, kind.rawValue) }
+        if kind.rawValue != 0 { w.int32(1, kind.rawValue) }
         if !ownerId.isEmpty { try w.string(2, ownerId) }
         if !requestId.isEmpty { try w.string(3, requestId) }
     }
@@ -47,18 +47,18 @@ public struct CreatePlatformRoomResponse: ProtoMessage {
         self.platformRoomId = try r.string(0)
         self.pushServer = try r.string(1)
         self.streamKey = try r.string(2)
-        self.keyExpiresAtMs = r.scalar(3, as: Int64.self)
+        self.keyExpiresAtMs = r.int64(3)
         self.playUrl = try r.string(4)
-        self.status = RoomStatus(rawValue: r.scalar(5, as: Int32.self))
+        self.status = RoomStatus(rawValue: r.int32(5))
     }
 
     public func write(to w: inout ProtoWriter) throws {
         if !platformRoomId.isEmpty { try w.string(0, platformRoomId) }
         if !pushServer.isEmpty { try w.string(1, pushServer) }
         if !streamKey.isEmpty { try w.string(2, streamKey) }
-        if keyExpiresAtMs != 0 { w.scalar(3, keyExpiresAtMs) }
+        if keyExpiresAtMs != 0 { w.int64(3, keyExpiresAtMs) }
         if !playUrl.isEmpty { try w.string(4, playUrl) }
-        if status.rawValue != 0 { w.scalar(5, status.rawValue) }
+        if status.rawValue != 0 { w.int32(5, status.rawValue) }
     }
 }
 
@@ -90,12 +90,12 @@ public struct RotatePlatformKeyResponse: ProtoMessage {
 
     public init(reader r: ProtoReader) throws {
         self.streamKey = try r.string(0)
-        self.keyExpiresAtMs = r.scalar(1, as: Int64.self)
+        self.keyExpiresAtMs = r.int64(1)
     }
 
     public func write(to w: inout ProtoWriter) throws {
         if !streamKey.isEmpty { try w.string(0, streamKey) }
-        if keyExpiresAtMs != 0 { w.scalar(1, keyExpiresAtMs) }
+        if keyExpiresAtMs != 0 { w.int64(1, keyExpiresAtMs) }
     }
 }
 
@@ -127,15 +127,15 @@ public struct GetPlatformRoomStatusResponse: ProtoMessage {
     public init() {}
 
     public init(reader r: ProtoReader) throws {
-        self.status = RoomStatus(rawValue: r.scalar(0, as: Int32.self))
-        self.viewersOnline = r.scalar(1, as: Int64.self)
-        self.keyExpiresAtMs = r.scalar(2, as: Int64.self)
+        self.status = RoomStatus(rawValue: r.int32(0))
+        self.viewersOnline = r.int64(1)
+        self.keyExpiresAtMs = r.int64(2)
     }
 
     public func write(to w: inout ProtoWriter) throws {
-        if status.rawValue != 0 { w.scalar(0, status.rawValue) }
-        if viewersOnline != 0 { w.scalar(1, viewersOnline) }
-        if keyExpiresAtMs != 0 { w.scalar(2, keyExpiresAtMs) }
+        if status.rawValue != 0 { w.int32(0, status.rawValue) }
+        if viewersOnline != 0 { w.int64(1, viewersOnline) }
+        if keyExpiresAtMs != 0 { w.int64(2, keyExpiresAtMs) }
     }
 }
 

@@ -19,18 +19,18 @@ public struct CreateRoomRequest: ProtoMessage {
 
     public init(reader r: ProtoReader) throws {
         self.title = try r.string(0)
-        self.kind = RoomKind(rawValue: r.scalar(1, as: Int32.self))
+        self.kind = RoomKind(rawValue: r.int32(1))
         self.platformId = try r.string(2)
-        self.playMode = PlayMode(rawValue: r.scalar(3, as: Int32.self))
+        self.playMode = PlayMode(rawValue: r.int32(3))
         self.ownerId = try r.string(4)
         self.requestId = try r.string(5)
     }
 
     public func write(to w: inout ProtoWriter) throws {
         if !title.isEmpty { try w.string(0, title) }
-        if kind.rawValue != 0 { w.scalar(1, kind.rawValue) }
+        if kind.rawValue != 0 { w.int32(1, kind.rawValue) }
         if !platformId.isEmpty { try w.string(2, platformId) }
-        if playMode.rawValue != 0 { w.scalar(3, playMode.rawValue) }
+        if playMode.rawValue != 0 { w.int32(3, playMode.rawValue) }
         if !ownerId.isEmpty { try w.string(4, ownerId) }
         if !requestId.isEmpty { try w.string(5, requestId) }
     }
@@ -103,19 +103,19 @@ public struct ListRoomsRequest: ProtoMessage {
     public init() {}
 
     public init(reader r: ProtoReader) throws {
-        self.pageSize = r.scalar(0, as: Int32.self)
+        self.pageSize = r.int32(0)
         self.pageToken = try r.string(1)
-        self.status = RoomStatus(rawValue: r.scalar(2, as: Int32.self))
+        self.status = RoomStatus(rawValue: r.int32(2))
         self.platformId = try r.string(3)
-        self.kind = RoomKind(rawValue: r.scalar(4, as: Int32.self))
+        self.kind = RoomKind(rawValue: r.int32(4))
     }
 
     public func write(to w: inout ProtoWriter) throws {
-        if pageSize != 0 { w.scalar(0, pageSize) }
+        if pageSize != 0 { w.int32(0, pageSize) }
         if !pageToken.isEmpty { try w.string(1, pageToken) }
-        if status.rawValue != 0 { w.scalar(2, status.rawValue) }
+        if status.rawValue != 0 { w.int32(2, status.rawValue) }
         if !platformId.isEmpty { try w.string(3, platformId) }
-        if kind.rawValue != 0 { w.scalar(4, kind.rawValue) }
+        if kind.rawValue != 0 { w.int32(4, kind.rawValue) }
     }
 }
 
