@@ -8,6 +8,7 @@ let package = Package(
         .executable(name: "liveroomd", targets: ["liveroomd"]),
         .executable(name: "liveroomctl", targets: ["liveroomctl"]),
         .executable(name: "liveroom-bench", targets: ["liveroom-bench"]),
+        .executable(name: "liveroom-platform-sim", targets: ["liveroom-platform-sim"]),
         .executable(name: "liveroom-protogen", targets: ["liveroom-protogen"]),
         .executable(name: "liveroom-fuzz", targets: ["liveroom-fuzz"]),
     ],
@@ -17,6 +18,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.6.0"),
+        .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.0.0"),
+        .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.0"),
     ],
     targets: [
         // libprotobuf-c, the system library (Debian: libprotobuf-c-dev).
@@ -43,9 +46,17 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
+        // Rooms, platforms, keys as actors and value types. No socket code, no SQL.
+        .target(name: "LiveRoomDomain", dependencies: ["LiveRoomMessages"]),
+        // The embedded SQLite store (GRDB), implementing the domain's store protocols.
+        .target(name: "LiveRoomStore", dependencies: [
+            "LiveRoomDomain", "LiveRoomMessages",
+            .product(name: "GRDB", package: "GRDB.swift"),
+            .product(name: "Crypto", package: "swift-crypto"),
+        ]),
         // The daemon's services wired onto the RPC server.
         .target(name: "LiveRoomService", dependencies: [
-            "LiveRoomRPC", "LiveRoomMessages",
+            "LiveRoomRPC", "LiveRoomMessages", "LiveRoomDomain", "LiveRoomStore",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
@@ -71,6 +82,14 @@ let package = Package(
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
+        .executableTarget(name: "liveroom-platform-sim", dependencies: [
+            "LiveRoomRPC", "LiveRoomMessages", "LiveRoomDomain",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+        ]),
         .executableTarget(name: "liveroom-protogen", dependencies: ["LiveRoomCodec", "CLiveRoomProtos"]),
         .executableTarget(name: "liveroom-bench", dependencies: [
             "LiveRoomTesting",
@@ -84,7 +103,11 @@ let package = Package(
             .product(name: "NIOEmbedded", package: "swift-nio"),
         ]),
         // Start real liveroomd processes: the executables are dependencies so `swift test` builds them.
-        .testTarget(name: "IntegrationTests", dependencies: ["LiveRoomTesting", "LiveRoomClient", "liveroomd", "liveroomctl"]),
+        .testTarget(name: "LiveRoomDomainTests", dependencies: ["LiveRoomDomain"]),
+        .testTarget(name: "LiveRoomStoreTests", dependencies: ["LiveRoomStore", "LiveRoomDomain"]),
+        .testTarget(name: "IntegrationTests", dependencies: [
+            "LiveRoomTesting", "LiveRoomClient", "liveroomd", "liveroomctl", "liveroom-platform-sim",
+        ]),
     ],
     swiftLanguageModes: [.v6]
 )

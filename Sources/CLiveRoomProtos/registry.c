@@ -6,6 +6,8 @@ static const ProtobufCMessageDescriptor *const messages[] = {
   &liveroom__rpc__v1__response_header__descriptor,
   &liveroom__rpc__v1__call_status__descriptor,
   &liveroom__rpc__v1__go_away__descriptor,
+  &liveroom__testing__v1__advance_clock_request__descriptor,
+  &liveroom__testing__v1__advance_clock_response__descriptor,
   &liveroom__testing__v1__empty__descriptor,
   &liveroom__testing__v1__echo_status__descriptor,
   &liveroom__testing__v1__simple_request__descriptor,

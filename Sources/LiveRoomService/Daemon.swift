@@ -1,5 +1,7 @@
 import Foundation
+import LiveRoomDomain
 import LiveRoomMessages
+import LiveRoomStore
 import LiveRoomRPC
 import Logging
 import NIOCore
@@ -10,6 +12,7 @@ import ServiceLifecycle
 public final class Daemon: Service, Sendable {
     public let configuration: DaemonConfiguration
     public let health: HealthState
+    public let rooms: RoomRegistry
     private let server: RPCServer
     private let logger: Logger
 
@@ -19,10 +22,24 @@ public final class Daemon: Service, Sendable {
         var listen: [Endpoint] = [.unix(path: configuration.socketPath)]
         if let tcp = configuration.tcp { listen.append(try Endpoint.parseTCP(tcp)) }
 
+        var storeOptions = SQLiteStore.Options()
+        storeOptions.maxPageCount = configuration.storeMaxPageCount
+        let store = try SQLiteStore(directory: configuration.dataDir, options: storeOptions)
+        let clock = AdjustableClock()
+        var builtin = PlatformSettings(id: PlatformSettings.builtinID, displayName: "LiveRoom (built-in)")
+        builtin.keyTTLMs = configuration.keyTTLSeconds * 1000
+        var connectors: [String: PlatformClient] = [:]
+        for p in configuration.platforms { connectors[p.id] = try RPCPlatformConnector(platform: p) }
+        rooms = RoomRegistry(store: store, platforms: [builtin] + configuration.platforms, connectors: connectors,
+                             builtin: configuration.builtin, clock: clock)
+
         var registry = ServiceRegistry()
-        var services = [Health.name]
+        var services = [Health.name, RoomService.name, MediaService.name]
+        RoomServiceHandlers.register(rooms, in: &registry)
+        MediaServiceHandlers.register(rooms, in: &registry)
         if configuration.enableTestService {
             InteropService.register(in: &registry)
+            TestControlHandlers.register(clock, in: &registry)
             services.append(TestService.name)
         }
         let health = HealthState(services: services)
@@ -40,7 +57,6 @@ public final class Daemon: Service, Sendable {
     /// Binds the listeners; returns what was bound (a TCP port 0 becomes the real port).
     @discardableResult
     public func start() async throws -> [Endpoint] {
-        try FileManager.default.createDirectory(atPath: configuration.dataDir, withIntermediateDirectories: true)
         if configuration.tcp != nil && configuration.tcpToken == nil {
             logger.warning("TCP is enabled without tcp_token: every call over TCP except Health will be refused")
         }

@@ -1,11 +1,12 @@
 import Foundation
+import LiveRoomDomain
 import LiveRoomRPC
 import Logging
 
 /// The daemon's settings: defaults, then the config file, then command-line flags.
 ///
 /// The file is `key = value` lines (values bare or in double quotes), `#` comments, and
-/// `[section]` headers reserved for later use. Every key is documented in README.md.
+/// `[platform.ID]` sections for external platforms. Every key is documented in README.md.
 public struct DaemonConfiguration: Sendable, Equatable {
     public var socketPath = "./liveroomd.sock"
     public var tcp: String?
@@ -17,6 +18,14 @@ public struct DaemonConfiguration: Sendable, Equatable {
     /// Bearer token that calls over TCP must present (`authorization: Bearer TOKEN`).
     public var tcpToken: String?
     public var enableTestService = false
+    /// The built-in platform's push server and play URLs.
+    public var builtin = BuiltinEndpoints()
+    /// Key lifetime on the built-in platform.
+    public var keyTTLSeconds: Int64 = 24 * 3600
+    /// External platforms, in file order.
+    public var platforms: [PlatformSettings] = []
+    /// Testing only: caps the database size in pages, to simulate a full disk.
+    public var storeMaxPageCount: Int?
 
     public init() {}
 
@@ -35,6 +44,7 @@ public struct DaemonConfiguration: Sendable, Equatable {
 
     public mutating func apply(text: String, name: String) throws {
         var section = ""
+        var platformIndex: Int?
         for (n, rawLine) in text.components(separatedBy: "\n").enumerated() {
             let lineNo = n + 1
             let line = Self.stripComment(rawLine).trimmingCharacters(in: .whitespaces)
@@ -43,7 +53,18 @@ public struct DaemonConfiguration: Sendable, Equatable {
             if line.hasPrefix("[") {
                 guard line.hasSuffix("]") else { throw fail("a section header must look like [name]") }
                 section = String(line.dropFirst().dropLast()).trimmingCharacters(in: .whitespaces)
-                throw fail("unknown section [\(section)]")
+                guard section.hasPrefix("platform."), section.count > 9 else {
+                    throw fail("unknown section [\(section)]; sections are [platform.ID]")
+                }
+                let id = String(section.dropFirst(9))
+                guard id != PlatformSettings.builtinID else { throw fail("[platform.self] is the built-in platform and cannot be configured as external") }
+                guard id.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" }) else {
+                    throw fail("platform id \"\(id)\" may use letters, digits, - and _ only")
+                }
+                guard !platforms.contains(where: { $0.id == id }) else { throw fail("platform \(id) is configured twice") }
+                platforms.append(PlatformSettings(id: id, displayName: id))
+                platformIndex = platforms.count - 1
+                continue
             }
             guard let eq = line.firstIndex(of: "=") else { throw fail("expected key = value, got \"\(line)\"") }
             let key = line[..<eq].trimmingCharacters(in: .whitespaces)
@@ -55,8 +76,32 @@ public struct DaemonConfiguration: Sendable, Equatable {
                 }
                 return v
             }
+            if let i = platformIndex {
+                switch key {
+                case "name": platforms[i].displayName = value
+                case "connector": platforms[i].connector = value
+                case "token": platforms[i].token = value
+                case "supports":
+                    let kinds = Set(value.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) })
+                    guard !kinds.isEmpty, kinds.isSubset(of: ["live", "meeting"]) else {
+                        throw fail("supports must list live and/or meeting, e.g. \"live,meeting\"; got \"\(value)\"")
+                    }
+                    platforms[i].supportsLive = kinds.contains("live")
+                    platforms[i].supportsMeeting = kinds.contains("meeting")
+                case "key_ttl_seconds": platforms[i].keyTTLMs = Int64(try int(60...(365 * 86400))) * 1000
+                case "timeout_ms": platforms[i].timeoutMs = Int64(try int(50...600_000))
+                default: throw fail("unknown option \"\(key)\" in [\(section)]")
+                }
+                continue
+            }
             switch key {
             case "socket": socketPath = value
+            case "push_server":
+                guard value.hasPrefix("rtmp://") else { throw fail("push_server must be an rtmp:// URL, got \"\(value)\"") }
+                builtin.pushServer = value
+            case "play_url_base": builtin.playURLBase = value
+            case "key_ttl_seconds": keyTTLSeconds = Int64(try int(60...(365 * 86400)))
+            case "store_max_page_count": storeMaxPageCount = try int(10...Int(Int32.max))
             case "tcp":
                 do { _ = try Endpoint.parseTCP(value) } catch { throw fail("tcp: \(error)") }
                 tcp = value
@@ -73,8 +118,11 @@ public struct DaemonConfiguration: Sendable, Equatable {
                 guard value.count >= 16 else { throw fail("tcp_token must be at least 16 characters") }
                 tcpToken = value
             default:
-                throw fail("unknown option \"\(key)\"\(section.isEmpty ? "" : " in [\(section)]")")
+                throw fail("unknown option \"\(key)\"")
             }
+        }
+        for p in platforms where p.connector.isEmpty {
+            throw FileError(description: "\(name): [platform.\(p.id)] needs connector = \"unix:PATH\" or \"HOST:PORT\"")
         }
     }
 

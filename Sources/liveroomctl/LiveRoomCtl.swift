@@ -10,7 +10,11 @@ struct LiveRoomCtl: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "liveroomctl",
         abstract: "Debug client for liveroomd.",
-        subcommands: [HealthCommand.self, CallCommand.self, MethodsCommand.self, DescribeCommand.self])
+        subcommands: [
+            HealthCommand.self, PlatformsCommand.self, CreateRoomCommand.self, RoomCommand.self, RoomsCommand.self,
+            RefreshCommand.self, RotateKeyCommand.self, CloseCommand.self, CallCommand.self, MethodsCommand.self,
+            DescribeCommand.self,
+        ])
 }
 
 /// Options every command shares.

@@ -6,6 +6,7 @@ import LiveRoomCodec
 public enum AllServices {
     public static let methods: [MethodInfo] = [
         TestService.methods,
+        TestControl.methods,
         AudienceService.methods,
         Health.methods,
         MediaService.methods,
@@ -22,6 +23,8 @@ public enum AllMessages {
         ResponseHeader.self,
         CallStatus.self,
         GoAway.self,
+        AdvanceClockRequest.self,
+        AdvanceClockResponse.self,
         Empty.self,
         EchoStatus.self,
         SimpleRequest.self,

@@ -18,6 +18,40 @@ public struct Color: ProtoEnum {
     public static let protoDescriptor = LiveRoomDescriptors.enumeration("liveroom.testing.v1.Color")
 }
 
+/// `liveroom.testing.v1.AdvanceClockRequest`
+public struct AdvanceClockRequest: ProtoMessage {
+    public var byMs: Int64 = 0
+
+    public static let protoDescriptor = LiveRoomDescriptors.message("liveroom.testing.v1.AdvanceClockRequest")
+
+    public init() {}
+
+    public init(reader r: ProtoReader) throws {
+        self.byMs = r.int64(0)
+    }
+
+    public func write(to w: inout ProtoWriter) throws {
+        if byMs != 0 { w.int64(0, byMs) }
+    }
+}
+
+/// `liveroom.testing.v1.AdvanceClockResponse`
+public struct AdvanceClockResponse: ProtoMessage {
+    public var nowMs: Int64 = 0
+
+    public static let protoDescriptor = LiveRoomDescriptors.message("liveroom.testing.v1.AdvanceClockResponse")
+
+    public init() {}
+
+    public init(reader r: ProtoReader) throws {
+        self.nowMs = r.int64(0)
+    }
+
+    public func write(to w: inout ProtoWriter) throws {
+        if nowMs != 0 { w.int64(0, nowMs) }
+    }
+}
+
 /// `liveroom.testing.v1.Empty`
 public struct Empty: ProtoMessage {
 
@@ -310,4 +344,14 @@ public enum TestService {
         MethodInfo(service: name, name: "FullDuplexCall", kind: .bidirectional, inputType: "liveroom.testing.v1.StreamingOutputCallRequest", outputType: "liveroom.testing.v1.StreamingOutputCallResponse"))
 
     public static let methods: [MethodInfo] = [emptyCall.info, unaryCall.info, streamingInputCall.info, streamingOutputCall.info, fullDuplexCall.info]
+}
+
+/// Methods of `liveroom.testing.v1.TestControl`.
+public enum TestControl {
+    public static let name = "liveroom.testing.v1.TestControl"
+
+    public static let advanceClock = ProtoMethod<AdvanceClockRequest, AdvanceClockResponse>(
+        MethodInfo(service: name, name: "AdvanceClock", kind: .unary, inputType: "liveroom.testing.v1.AdvanceClockRequest", outputType: "liveroom.testing.v1.AdvanceClockResponse"))
+
+    public static let methods: [MethodInfo] = [advanceClock.info]
 }

@@ -142,6 +142,7 @@ public struct GetPlatformRoomStatusResponse: ProtoMessage {
 /// `liveroom.v1.ClosePlatformRoomRequest`
 public struct ClosePlatformRoomRequest: ProtoMessage {
     public var platformRoomId: String = ""
+    public var requestId: String = ""
 
     public static let protoDescriptor = LiveRoomDescriptors.message("liveroom.v1.ClosePlatformRoomRequest")
 
@@ -149,10 +150,12 @@ public struct ClosePlatformRoomRequest: ProtoMessage {
 
     public init(reader r: ProtoReader) throws {
         self.platformRoomId = try r.string(0)
+        self.requestId = try r.string(1)
     }
 
     public func write(to w: inout ProtoWriter) throws {
         if !platformRoomId.isEmpty { try w.string(0, platformRoomId) }
+        if !requestId.isEmpty { try w.string(1, requestId) }
     }
 }
 

@@ -738,7 +738,7 @@ const ProtobufCMessageDescriptor liveroom__v1__get_platform_room_status_response
   (ProtobufCMessageInit) liveroom__v1__get_platform_room_status_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor liveroom__v1__close_platform_room_request__field_descriptors[1] =
+static const ProtobufCFieldDescriptor liveroom__v1__close_platform_room_request__field_descriptors[2] =
 {
   {
     "platform_room_id",
@@ -752,14 +752,27 @@ static const ProtobufCFieldDescriptor liveroom__v1__close_platform_room_request_
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "request_id",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Liveroom__V1__ClosePlatformRoomRequest, request_id),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned liveroom__v1__close_platform_room_request__field_indices_by_name[] = {
   0,   /* field[0] = platform_room_id */
+  1,   /* field[1] = request_id */
 };
 static const ProtobufCIntRange liveroom__v1__close_platform_room_request__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 1 }
+  { 0, 2 }
 };
 const ProtobufCMessageDescriptor liveroom__v1__close_platform_room_request__descriptor =
 {
@@ -769,7 +782,7 @@ const ProtobufCMessageDescriptor liveroom__v1__close_platform_room_request__desc
   "Liveroom__V1__ClosePlatformRoomRequest",
   "liveroom.v1",
   sizeof(Liveroom__V1__ClosePlatformRoomRequest),
-  1,
+  2,
   liveroom__v1__close_platform_room_request__field_descriptors,
   liveroom__v1__close_platform_room_request__field_indices_by_name,
   1,  liveroom__v1__close_platform_room_request__number_ranges,

@@ -105,14 +105,20 @@ struct  Liveroom__V1__GetPlatformRoomStatusResponse
     , LIVEROOM__V1__ROOM_STATUS__ROOM_STATUS_UNSPECIFIED, 0, 0 }
 
 
+/*
+ * Closes by platform_room_id, or, when that is empty, the room created for request_id (if
+ * any, now or by a create still in progress): the daemon uses this to undo a create that
+ * failed or timed out on its side, so nothing half-made is left on the platform.
+ */
 struct  Liveroom__V1__ClosePlatformRoomRequest
 {
   ProtobufCMessage base;
   char *platform_room_id;
+  char *request_id;
 };
 #define LIVEROOM__V1__CLOSE_PLATFORM_ROOM_REQUEST__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&liveroom__v1__close_platform_room_request__descriptor) \
-    , (char *)protobuf_c_empty_string }
+    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string }
 
 
 struct  Liveroom__V1__ClosePlatformRoomResponse

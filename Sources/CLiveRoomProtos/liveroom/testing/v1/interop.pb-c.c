@@ -7,6 +7,96 @@
 #endif
 
 #include "liveroom/testing/v1/interop.pb-c.h"
+void   liveroom__testing__v1__advance_clock_request__init
+                     (Liveroom__Testing__V1__AdvanceClockRequest         *message)
+{
+  static const Liveroom__Testing__V1__AdvanceClockRequest init_value = LIVEROOM__TESTING__V1__ADVANCE_CLOCK_REQUEST__INIT;
+  *message = init_value;
+}
+size_t liveroom__testing__v1__advance_clock_request__get_packed_size
+                     (const Liveroom__Testing__V1__AdvanceClockRequest *message)
+{
+  assert(message->base.descriptor == &liveroom__testing__v1__advance_clock_request__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t liveroom__testing__v1__advance_clock_request__pack
+                     (const Liveroom__Testing__V1__AdvanceClockRequest *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &liveroom__testing__v1__advance_clock_request__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t liveroom__testing__v1__advance_clock_request__pack_to_buffer
+                     (const Liveroom__Testing__V1__AdvanceClockRequest *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &liveroom__testing__v1__advance_clock_request__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Liveroom__Testing__V1__AdvanceClockRequest *
+       liveroom__testing__v1__advance_clock_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Liveroom__Testing__V1__AdvanceClockRequest *)
+     protobuf_c_message_unpack (&liveroom__testing__v1__advance_clock_request__descriptor,
+                                allocator, len, data);
+}
+void   liveroom__testing__v1__advance_clock_request__free_unpacked
+                     (Liveroom__Testing__V1__AdvanceClockRequest *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &liveroom__testing__v1__advance_clock_request__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   liveroom__testing__v1__advance_clock_response__init
+                     (Liveroom__Testing__V1__AdvanceClockResponse         *message)
+{
+  static const Liveroom__Testing__V1__AdvanceClockResponse init_value = LIVEROOM__TESTING__V1__ADVANCE_CLOCK_RESPONSE__INIT;
+  *message = init_value;
+}
+size_t liveroom__testing__v1__advance_clock_response__get_packed_size
+                     (const Liveroom__Testing__V1__AdvanceClockResponse *message)
+{
+  assert(message->base.descriptor == &liveroom__testing__v1__advance_clock_response__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t liveroom__testing__v1__advance_clock_response__pack
+                     (const Liveroom__Testing__V1__AdvanceClockResponse *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &liveroom__testing__v1__advance_clock_response__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t liveroom__testing__v1__advance_clock_response__pack_to_buffer
+                     (const Liveroom__Testing__V1__AdvanceClockResponse *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &liveroom__testing__v1__advance_clock_response__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Liveroom__Testing__V1__AdvanceClockResponse *
+       liveroom__testing__v1__advance_clock_response__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Liveroom__Testing__V1__AdvanceClockResponse *)
+     protobuf_c_message_unpack (&liveroom__testing__v1__advance_clock_response__descriptor,
+                                allocator, len, data);
+}
+void   liveroom__testing__v1__advance_clock_response__free_unpacked
+                     (Liveroom__Testing__V1__AdvanceClockResponse *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &liveroom__testing__v1__advance_clock_response__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 void   liveroom__testing__v1__empty__init
                      (Liveroom__Testing__V1__Empty         *message)
 {
@@ -457,6 +547,82 @@ void   liveroom__testing__v1__all_types__free_unpacked
   assert(message->base.descriptor == &liveroom__testing__v1__all_types__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+static const ProtobufCFieldDescriptor liveroom__testing__v1__advance_clock_request__field_descriptors[1] =
+{
+  {
+    "by_ms",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_INT64,
+    0,   /* quantifier_offset */
+    offsetof(Liveroom__Testing__V1__AdvanceClockRequest, by_ms),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned liveroom__testing__v1__advance_clock_request__field_indices_by_name[] = {
+  0,   /* field[0] = by_ms */
+};
+static const ProtobufCIntRange liveroom__testing__v1__advance_clock_request__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 1 }
+};
+const ProtobufCMessageDescriptor liveroom__testing__v1__advance_clock_request__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "liveroom.testing.v1.AdvanceClockRequest",
+  "AdvanceClockRequest",
+  "Liveroom__Testing__V1__AdvanceClockRequest",
+  "liveroom.testing.v1",
+  sizeof(Liveroom__Testing__V1__AdvanceClockRequest),
+  1,
+  liveroom__testing__v1__advance_clock_request__field_descriptors,
+  liveroom__testing__v1__advance_clock_request__field_indices_by_name,
+  1,  liveroom__testing__v1__advance_clock_request__number_ranges,
+  (ProtobufCMessageInit) liveroom__testing__v1__advance_clock_request__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor liveroom__testing__v1__advance_clock_response__field_descriptors[1] =
+{
+  {
+    "now_ms",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_INT64,
+    0,   /* quantifier_offset */
+    offsetof(Liveroom__Testing__V1__AdvanceClockResponse, now_ms),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned liveroom__testing__v1__advance_clock_response__field_indices_by_name[] = {
+  0,   /* field[0] = now_ms */
+};
+static const ProtobufCIntRange liveroom__testing__v1__advance_clock_response__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 1 }
+};
+const ProtobufCMessageDescriptor liveroom__testing__v1__advance_clock_response__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "liveroom.testing.v1.AdvanceClockResponse",
+  "AdvanceClockResponse",
+  "Liveroom__Testing__V1__AdvanceClockResponse",
+  "liveroom.testing.v1",
+  sizeof(Liveroom__Testing__V1__AdvanceClockResponse),
+  1,
+  liveroom__testing__v1__advance_clock_response__field_descriptors,
+  liveroom__testing__v1__advance_clock_response__field_indices_by_name,
+  1,  liveroom__testing__v1__advance_clock_response__number_ranges,
+  (ProtobufCMessageInit) liveroom__testing__v1__advance_clock_response__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
 #define liveroom__testing__v1__empty__field_descriptors NULL
 #define liveroom__testing__v1__empty__field_indices_by_name NULL
 #define liveroom__testing__v1__empty__number_ranges NULL
@@ -1349,5 +1515,38 @@ void liveroom__testing__v1__test_service__init (Liveroom__Testing__V1__TestServi
 {
   protobuf_c_service_generated_init (&service->base,
                                      &liveroom__testing__v1__test_service__descriptor,
+                                     (ProtobufCServiceDestroy) destroy);
+}
+static const ProtobufCMethodDescriptor liveroom__testing__v1__test_control__method_descriptors[1] =
+{
+  { "AdvanceClock", &liveroom__testing__v1__advance_clock_request__descriptor, &liveroom__testing__v1__advance_clock_response__descriptor },
+};
+const unsigned liveroom__testing__v1__test_control__method_indices_by_name[] = {
+  0         /* AdvanceClock */
+};
+const ProtobufCServiceDescriptor liveroom__testing__v1__test_control__descriptor =
+{
+  PROTOBUF_C__SERVICE_DESCRIPTOR_MAGIC,
+  "liveroom.testing.v1.TestControl",
+  "TestControl",
+  "Liveroom__Testing__V1__TestControl",
+  "liveroom.testing.v1",
+  1,
+  liveroom__testing__v1__test_control__method_descriptors,
+  liveroom__testing__v1__test_control__method_indices_by_name
+};
+void liveroom__testing__v1__test_control__advance_clock(ProtobufCService *service,
+                                                        const Liveroom__Testing__V1__AdvanceClockRequest *input,
+                                                        Liveroom__Testing__V1__AdvanceClockResponse_Closure closure,
+                                                        void *closure_data)
+{
+  assert(service->descriptor == &liveroom__testing__v1__test_control__descriptor);
+  service->invoke(service, 0, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+}
+void liveroom__testing__v1__test_control__init (Liveroom__Testing__V1__TestControl_Service *service,
+                                                Liveroom__Testing__V1__TestControl_ServiceDestroy destroy)
+{
+  protobuf_c_service_generated_init (&service->base,
+                                     &liveroom__testing__v1__test_control__descriptor,
                                      (ProtobufCServiceDestroy) destroy);
 }

@@ -15,6 +15,8 @@ PROTOBUF_C__BEGIN_DECLS
 #endif
 
 
+typedef struct Liveroom__Testing__V1__AdvanceClockRequest Liveroom__Testing__V1__AdvanceClockRequest;
+typedef struct Liveroom__Testing__V1__AdvanceClockResponse Liveroom__Testing__V1__AdvanceClockResponse;
 typedef struct Liveroom__Testing__V1__Empty Liveroom__Testing__V1__Empty;
 typedef struct Liveroom__Testing__V1__EchoStatus Liveroom__Testing__V1__EchoStatus;
 typedef struct Liveroom__Testing__V1__SimpleRequest Liveroom__Testing__V1__SimpleRequest;
@@ -38,6 +40,26 @@ typedef enum _Liveroom__Testing__V1__Color {
 } Liveroom__Testing__V1__Color;
 
 /* --- messages --- */
+
+struct  Liveroom__Testing__V1__AdvanceClockRequest
+{
+  ProtobufCMessage base;
+  int64_t by_ms;
+};
+#define LIVEROOM__TESTING__V1__ADVANCE_CLOCK_REQUEST__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&liveroom__testing__v1__advance_clock_request__descriptor) \
+    , 0 }
+
+
+struct  Liveroom__Testing__V1__AdvanceClockResponse
+{
+  ProtobufCMessage base;
+  int64_t now_ms;
+};
+#define LIVEROOM__TESTING__V1__ADVANCE_CLOCK_RESPONSE__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&liveroom__testing__v1__advance_clock_response__descriptor) \
+    , 0 }
+
 
 struct  Liveroom__Testing__V1__Empty
 {
@@ -193,6 +215,44 @@ struct  Liveroom__Testing__V1__AllTypes
     , 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, (char *)protobuf_c_empty_string, {0,NULL}, LIVEROOM__TESTING__V1__COLOR__COLOR_UNSPECIFIED, NULL, 0,NULL, 0,NULL, 0,NULL, 0,NULL, 0,NULL, 0,NULL, 0,NULL, LIVEROOM__TESTING__V1__ALL_TYPES__CHOICE__NOT_SET, {0} }
 
 
+/* Liveroom__Testing__V1__AdvanceClockRequest methods */
+void   liveroom__testing__v1__advance_clock_request__init
+                     (Liveroom__Testing__V1__AdvanceClockRequest         *message);
+size_t liveroom__testing__v1__advance_clock_request__get_packed_size
+                     (const Liveroom__Testing__V1__AdvanceClockRequest   *message);
+size_t liveroom__testing__v1__advance_clock_request__pack
+                     (const Liveroom__Testing__V1__AdvanceClockRequest   *message,
+                      uint8_t             *out);
+size_t liveroom__testing__v1__advance_clock_request__pack_to_buffer
+                     (const Liveroom__Testing__V1__AdvanceClockRequest   *message,
+                      ProtobufCBuffer     *buffer);
+Liveroom__Testing__V1__AdvanceClockRequest *
+       liveroom__testing__v1__advance_clock_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   liveroom__testing__v1__advance_clock_request__free_unpacked
+                     (Liveroom__Testing__V1__AdvanceClockRequest *message,
+                      ProtobufCAllocator *allocator);
+/* Liveroom__Testing__V1__AdvanceClockResponse methods */
+void   liveroom__testing__v1__advance_clock_response__init
+                     (Liveroom__Testing__V1__AdvanceClockResponse         *message);
+size_t liveroom__testing__v1__advance_clock_response__get_packed_size
+                     (const Liveroom__Testing__V1__AdvanceClockResponse   *message);
+size_t liveroom__testing__v1__advance_clock_response__pack
+                     (const Liveroom__Testing__V1__AdvanceClockResponse   *message,
+                      uint8_t             *out);
+size_t liveroom__testing__v1__advance_clock_response__pack_to_buffer
+                     (const Liveroom__Testing__V1__AdvanceClockResponse   *message,
+                      ProtobufCBuffer     *buffer);
+Liveroom__Testing__V1__AdvanceClockResponse *
+       liveroom__testing__v1__advance_clock_response__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   liveroom__testing__v1__advance_clock_response__free_unpacked
+                     (Liveroom__Testing__V1__AdvanceClockResponse *message,
+                      ProtobufCAllocator *allocator);
 /* Liveroom__Testing__V1__Empty methods */
 void   liveroom__testing__v1__empty__init
                      (Liveroom__Testing__V1__Empty         *message);
@@ -385,6 +445,12 @@ void   liveroom__testing__v1__all_types__free_unpacked
                       ProtobufCAllocator *allocator);
 /* --- per-message closures --- */
 
+typedef void (*Liveroom__Testing__V1__AdvanceClockRequest_Closure)
+                 (const Liveroom__Testing__V1__AdvanceClockRequest *message,
+                  void *closure_data);
+typedef void (*Liveroom__Testing__V1__AdvanceClockResponse_Closure)
+                 (const Liveroom__Testing__V1__AdvanceClockResponse *message,
+                  void *closure_data);
 typedef void (*Liveroom__Testing__V1__Empty_Closure)
                  (const Liveroom__Testing__V1__Empty *message,
                   void *closure_data);
@@ -475,10 +541,33 @@ void liveroom__testing__v1__test_service__full_duplex_call(ProtobufCService *ser
                                                            const Liveroom__Testing__V1__StreamingOutputCallRequest *input,
                                                            Liveroom__Testing__V1__StreamingOutputCallResponse_Closure closure,
                                                            void *closure_data);
+typedef struct Liveroom__Testing__V1__TestControl_Service Liveroom__Testing__V1__TestControl_Service;
+struct Liveroom__Testing__V1__TestControl_Service
+{
+  ProtobufCService base;
+  void (*advance_clock)(Liveroom__Testing__V1__TestControl_Service *service,
+                        const Liveroom__Testing__V1__AdvanceClockRequest *input,
+                        Liveroom__Testing__V1__AdvanceClockResponse_Closure closure,
+                        void *closure_data);
+};
+typedef void (*Liveroom__Testing__V1__TestControl_ServiceDestroy)(Liveroom__Testing__V1__TestControl_Service *);
+void liveroom__testing__v1__test_control__init (Liveroom__Testing__V1__TestControl_Service *service,
+                                                Liveroom__Testing__V1__TestControl_ServiceDestroy destroy);
+#define LIVEROOM__TESTING__V1__TEST_CONTROL__BASE_INIT \
+    { &liveroom__testing__v1__test_control__descriptor, protobuf_c_service_invoke_internal, NULL }
+#define LIVEROOM__TESTING__V1__TEST_CONTROL__INIT(function_prefix__) \
+    { LIVEROOM__TESTING__V1__TEST_CONTROL__BASE_INIT,\
+      function_prefix__ ## advance_clock  }
+void liveroom__testing__v1__test_control__advance_clock(ProtobufCService *service,
+                                                        const Liveroom__Testing__V1__AdvanceClockRequest *input,
+                                                        Liveroom__Testing__V1__AdvanceClockResponse_Closure closure,
+                                                        void *closure_data);
 
 /* --- descriptors --- */
 
 extern const ProtobufCEnumDescriptor    liveroom__testing__v1__color__descriptor;
+extern const ProtobufCMessageDescriptor liveroom__testing__v1__advance_clock_request__descriptor;
+extern const ProtobufCMessageDescriptor liveroom__testing__v1__advance_clock_response__descriptor;
 extern const ProtobufCMessageDescriptor liveroom__testing__v1__empty__descriptor;
 extern const ProtobufCMessageDescriptor liveroom__testing__v1__echo_status__descriptor;
 extern const ProtobufCMessageDescriptor liveroom__testing__v1__simple_request__descriptor;
@@ -490,6 +579,7 @@ extern const ProtobufCMessageDescriptor liveroom__testing__v1__streaming_output_
 extern const ProtobufCMessageDescriptor liveroom__testing__v1__streaming_output_call_response__descriptor;
 extern const ProtobufCMessageDescriptor liveroom__testing__v1__all_types__descriptor;
 extern const ProtobufCServiceDescriptor liveroom__testing__v1__test_service__descriptor;
+extern const ProtobufCServiceDescriptor liveroom__testing__v1__test_control__descriptor;
 
 PROTOBUF_C__END_DECLS
 

@@ -1,0 +1,101 @@
+import LiveRoomMessages
+
+/// One room's state, owned by one actor: every change to a room goes through here and is
+/// persisted before the new state is visible.
+public actor RoomActor {
+    public nonisolated let id: String
+    private var record: RoomRecord
+    private let store: RoomStore
+    private let platform: PlatformSettings
+    private let connector: PlatformClient?
+    private let clock: WallClock
+
+    init(record: RoomRecord, store: RoomStore, platform: PlatformSettings, connector: PlatformClient?, clock: WallClock) {
+        self.id = record.id
+        self.record = record
+        self.store = store
+        self.platform = platform
+        self.connector = connector
+        self.clock = clock
+    }
+
+    public func snapshot() -> RoomRecord { record }
+
+    /// Checks a publisher's stream key: wrong or expired keys are refused.
+    public func authorizePublish(key: String) throws {
+        guard record.status != .ended else {
+            throw RoomError(.failedPrecondition, "room \(id) has ended; create a new room to go live")
+        }
+        guard StreamKey.equal(key, record.streamKey) else {
+            throw RoomError(.permissionDenied, "wrong stream key for room \(id)")
+        }
+        if record.keyStatus(nowMs: clock.nowMs()) == .expired {
+            throw RoomError(.permissionDenied,
+                "the stream key of room \(id) expired at \(record.keyExpiresAtMs) (unix ms); rotate it with RotateKey to get a new one")
+        }
+    }
+
+    /// Issues a new key (through the connector for external platforms); the old one stops
+    /// working as soon as the new one is stored.
+    public func rotateKey() async throws -> RoomRecord {
+        guard record.status != .ended else {
+            throw RoomError(.failedPrecondition, "room \(id) has ended; its key cannot be rotated")
+        }
+        var next = record
+        let now = clock.nowMs()
+        if let connector {
+            let r = try await connector.rotateKey(platformRoomId: record.platformRoomId)
+            guard !r.streamKey.isEmpty else {
+                throw RoomError(.unavailable, "platform \(platform.id) returned an empty stream key")
+            }
+            next.streamKey = r.streamKey
+            next.keyExpiresAtMs = r.keyExpiresAtMs > 0 ? r.keyExpiresAtMs : now + platform.keyTTLMs
+        } else {
+            next.streamKey = StreamKey.generate()
+            next.keyExpiresAtMs = now + platform.keyTTLMs
+        }
+        next.updatedAtMs = now
+        try await save(next, reason: "key rotated")
+        return record
+    }
+
+    /// Asks the platform for the room's current status and takes it over.
+    public func refresh() async throws -> RoomRecord {
+        guard let connector, record.status != .ended else { return record }
+        let r = try await connector.status(platformRoomId: record.platformRoomId)
+        var next = record
+        if r.status != .unspecified { next.status = r.status }
+        if r.keyExpiresAtMs > 0 { next.keyExpiresAtMs = r.keyExpiresAtMs }
+        guard next != record else { return record }
+        next.updatedAtMs = clock.nowMs()
+        try await save(next, reason: "refreshed from platform \(platform.id)")
+        return record
+    }
+
+    /// Ends the room here and on its platform. Closing an ended room is a no-op.
+    public func close() async throws -> RoomRecord {
+        guard record.status != .ended else { return record }
+        if let connector {
+            try await connector.close(platformRoomId: record.platformRoomId, requestId: record.requestId)
+        }
+        var next = record
+        next.status = .ended
+        next.updatedAtMs = clock.nowMs()
+        try await save(next, reason: "closed")
+        return record
+    }
+
+    /// Media moves the status between not started and live.
+    public func setStatus(_ status: RoomStatus, reason: String) async throws {
+        guard record.status != .ended, record.status != status else { return }
+        var next = record
+        next.status = status
+        next.updatedAtMs = clock.nowMs()
+        try await save(next, reason: reason)
+    }
+
+    private func save(_ next: RoomRecord, reason: String) async throws {
+        try await store.update(next, previous: record, reason: reason)
+        record = next
+    }
+}

@@ -1,0 +1,144 @@
+import LiveRoomMessages
+
+/// Finds each room's actor by id (reviving it from the store), creates rooms on the chosen
+/// platform, and lists rooms.
+public actor RoomRegistry {
+    private let store: RoomStore
+    private let platforms: [String: PlatformSettings]
+    private let connectors: [String: PlatformClient]
+    private let builtin: BuiltinEndpoints
+    private let clock: WallClock
+    private var rooms: [String: RoomActor] = [:]
+    /// Creates in progress by request id, so that concurrent duplicates get the same room.
+    private var creating: [String: Task<RoomRecord, Error>] = [:]
+
+    public init(store: RoomStore, platforms: [PlatformSettings], connectors: [String: PlatformClient],
+                builtin: BuiltinEndpoints, clock: WallClock) {
+        var all = Dictionary(platforms.map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a })
+        if all[PlatformSettings.builtinID] == nil {
+            all[PlatformSettings.builtinID] = PlatformSettings(id: PlatformSettings.builtinID, displayName: "LiveRoom (built-in)")
+        }
+        self.store = store
+        self.platforms = all
+        self.connectors = connectors
+        self.builtin = builtin
+        self.clock = clock
+    }
+
+    public nonisolated var now: Int64 { clock.nowMs() }
+
+    public var platformList: [PlatformSettings] {
+        platforms.values.sorted { ($0.isBuiltin ? 0 : 1, $0.id) < ($1.isBuiltin ? 0 : 1, $1.id) }
+    }
+
+    public func connector(for platformId: String) -> PlatformClient? { connectors[platformId] }
+
+    /// Creates a room, or returns the one an earlier call with the same request id created.
+    public func create(_ request: CreateRoomRequest) async throws -> (room: RoomRecord, created: Bool) {
+        let title = request.title.trimmingCharacters(in: .whitespacesAndNewlines)
+        guard !title.isEmpty else { throw RoomError(.invalidArgument, "title is required (the activity's name)") }
+        guard title.count <= 200 else { throw RoomError(.invalidArgument, "title is \(title.count) characters; at most 200") }
+        guard let platform = platforms[request.platformId] else {
+            let known = platformList.map(\.id).joined(separator: ", ")
+            throw RoomError(.invalidArgument,
+                request.platformId.isEmpty ? "platform_id is required; known platforms: \(known)"
+                    : "unknown platform \"\(request.platformId)\"; known platforms: \(known)")
+        }
+        let kind: RoomKind = request.kind == .unspecified ? .live : request.kind
+        guard kind == .live || kind == .meeting else { throw RoomError(.invalidArgument, "kind must be ROOM_KIND_LIVE or ROOM_KIND_MEETING") }
+        guard platform.supports(kind) else {
+            throw RoomError(.invalidArgument, "platform \(platform.id) does not support \(kind == .meeting ? "meeting" : "live") rooms")
+        }
+        let playMode: PlayMode = request.playMode == .unspecified ? (platform.isBuiltin ? .embedded : .external) : request.playMode
+        guard playMode == .embedded || playMode == .external else { throw RoomError(.invalidArgument, "play_mode must be EXTERNAL or EMBEDDED") }
+        guard !(platform.isBuiltin && playMode == .external) else {
+            throw RoomError(.invalidArgument, "the built-in platform has no page of its own to jump to: use play mode embedded")
+        }
+
+        let requestId = request.requestId.isEmpty ? StreamKey.identifier(prefix: "req_") : request.requestId
+        if let pending = creating[requestId] {
+            return (try await pending.value, false)
+        }
+        if let existing = try await store.find(requestId: requestId) {
+            guard existing.platformId == platform.id else {
+                throw RoomError(.alreadyExists, "request id \(requestId) already created room \(existing.id) on platform \(existing.platformId)")
+            }
+            return (existing, false)
+        }
+        var spec = request
+        spec.title = title
+        spec.kind = kind
+        spec.playMode = playMode
+        spec.requestId = requestId
+        let task = Task { try await self.make(spec, platform) }
+        creating[requestId] = task
+        defer { creating[requestId] = nil }
+        let room = try await task.value
+        return (room, true)
+    }
+
+    private func make(_ request: CreateRoomRequest, _ platform: PlatformSettings) async throws -> RoomRecord {
+        let now = clock.nowMs()
+        let id = StreamKey.identifier(prefix: "rm_")
+        var record = RoomRecord(
+            id: id, requestId: request.requestId, title: request.title, kind: request.kind, platformId: platform.id,
+            playMode: request.playMode, ownerId: request.ownerId, pushServer: builtin.pushServer, streamKey: StreamKey.generate(),
+            keyExpiresAtMs: now + platform.keyTTLMs, playURL: builtin.playURLBase + id, platformRoomId: "",
+            status: .notStarted, createdAtMs: now, updatedAtMs: now)
+        let connector = connectors[platform.id]
+        if !platform.isBuiltin {
+            guard let connector else { throw RoomError(.unavailable, "platform \(platform.id) has no connector configured") }
+            var ask = CreatePlatformRoomRequest()
+            ask.title = request.title
+            ask.kind = request.kind
+            ask.ownerId = request.ownerId
+            ask.requestId = request.requestId
+            let made: CreatePlatformRoomResponse
+            do {
+                made = try await connector.createRoom(ask)
+            } catch {
+                undo(connector, platformRoomId: "", requestId: request.requestId)
+                throw error
+            }
+            guard !made.platformRoomId.isEmpty, !made.streamKey.isEmpty else {
+                undo(connector, platformRoomId: made.platformRoomId, requestId: request.requestId)
+                throw RoomError(.unavailable, "platform \(platform.id) returned no room id or no stream key")
+            }
+            record.platformRoomId = made.platformRoomId
+            record.pushServer = made.pushServer
+            record.streamKey = made.streamKey
+            record.keyExpiresAtMs = made.keyExpiresAtMs > 0 ? made.keyExpiresAtMs : now + platform.keyTTLMs
+            if request.playMode == .external { record.playURL = made.playUrl }
+            if made.status == .live { record.status = .live }
+        }
+        do {
+            try await store.insert(record)
+        } catch {
+            if let connector, !platform.isBuiltin { undo(connector, platformRoomId: record.platformRoomId, requestId: request.requestId) }
+            throw error
+        }
+        rooms[id] = RoomActor(record: record, store: store, platform: platform, connector: connector, clock: clock)
+        return record
+    }
+
+    /// Best effort: close what the platform may have made for a create that failed here.
+    private nonisolated func undo(_ connector: PlatformClient, platformRoomId: String, requestId: String) {
+        Task { try? await connector.close(platformRoomId: platformRoomId, requestId: requestId) }
+    }
+
+    /// The room's actor, revived from the store if needed.
+    public func room(_ id: String) async throws -> RoomActor {
+        guard !id.isEmpty else { throw RoomError(.invalidArgument, "room_id is required") }
+        if let actor = rooms[id] { return actor }
+        guard let record = try await store.load(id: id) else { throw RoomError(.notFound, "no room \(id)") }
+        if let actor = rooms[id] { return actor }  // revived meanwhile
+        let platform = platforms[record.platformId] ?? PlatformSettings(id: record.platformId, displayName: record.platformId)
+        let actor = RoomActor(record: record, store: store, platform: platform, connector: connectors[record.platformId], clock: clock)
+        rooms[id] = actor
+        return actor
+    }
+
+    public func list(_ query: RoomQuery) async throws -> [RoomRecord] {
+        try await store.list(query)
+    }
+}

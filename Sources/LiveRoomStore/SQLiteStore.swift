@@ -1,0 +1,258 @@
+import Crypto
+import Foundation
+import GRDB
+import LiveRoomDomain
+import LiveRoomMessages
+
+/// The embedded store: SQLite through GRDB in WAL mode, `synchronous = FULL`, so a write that
+/// returned survives `kill -9` and power loss.
+///
+/// Stream keys are encrypted at rest with AES-GCM (bound to their room id) under a master key
+/// kept beside the database in `master.key` (mode 0600). Keys must be readable again because
+/// the API shows the current key, as an admin list does; hashing would lose that.
+public final class SQLiteStore: RoomStore, Sendable {
+    let pool: DatabasePool
+    /// The master key's bytes (SymmetricKey itself is not Sendable).
+    private let masterKeyBytes: Data
+    private var masterKey: SymmetricKey { SymmetricKey(data: masterKeyBytes) }
+    public let path: String
+
+    public struct Options: Sendable {
+        /// Caps the database size (in pages); tests use it to simulate a full disk.
+        public var maxPageCount: Int?
+        public init() {}
+    }
+
+    public init(directory: String, options: Options = Options()) throws {
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        path = (directory as NSString).appendingPathComponent("liveroom.sqlite")
+        masterKeyBytes = try Self.loadOrCreateMasterKey(directory)
+        var configuration = Configuration()
+        configuration.busyMode = .timeout(5)
+        let maxPages = options.maxPageCount
+        configuration.prepareDatabase { db in
+            try db.execute(sql: "PRAGMA synchronous = FULL")
+            if let maxPages { try db.execute(sql: "PRAGMA max_page_count = \(maxPages)") }
+        }
+        do {
+            pool = try DatabasePool(path: path, configuration: configuration)
+            try Self.migrator.migrate(pool)
+        } catch {
+            throw RoomError(.unavailable, "cannot open the store at \(path): \(error)")
+        }
+    }
+
+    static var migrator: DatabaseMigrator {
+        var m = DatabaseMigrator()
+        m.registerMigration("v1: rooms, platform rooms, keys, status history") { db in
+            try db.execute(sql: """
+                CREATE TABLE rooms (
+                    id TEXT PRIMARY KEY,
+                    request_id TEXT NOT NULL UNIQUE,
+                    title TEXT NOT NULL,
+                    kind INTEGER NOT NULL,
+                    platform_id TEXT NOT NULL,
+                    play_mode INTEGER NOT NULL,
+                    owner_id TEXT NOT NULL,
+                    play_url TEXT NOT NULL,
+                    status INTEGER NOT NULL,
+                    created_at_ms INTEGER NOT NULL,
+                    updated_at_ms INTEGER NOT NULL
+                );
+                CREATE INDEX rooms_newest_first ON rooms(created_at_ms DESC, id DESC);
+                CREATE TABLE platform_rooms (
+                    room_id TEXT PRIMARY KEY REFERENCES rooms(id) ON DELETE CASCADE,
+                    platform_id TEXT NOT NULL,
+                    platform_room_id TEXT NOT NULL,
+                    push_server TEXT NOT NULL
+                );
+                CREATE TABLE stream_keys (
+                    id INTEGER PRIMARY KEY AUTOINCREMENT,
+                    room_id TEXT NOT NULL REFERENCES rooms(id) ON DELETE CASCADE,
+                    key_box BLOB NOT NULL,
+                    expires_at_ms INTEGER NOT NULL,
+                    created_at_ms INTEGER NOT NULL,
+                    revoked_at_ms INTEGER
+                );
+                CREATE INDEX stream_keys_current ON stream_keys(room_id) WHERE revoked_at_ms IS NULL;
+                CREATE TABLE room_status_history (
+                    id INTEGER PRIMARY KEY AUTOINCREMENT,
+                    room_id TEXT NOT NULL REFERENCES rooms(id) ON DELETE CASCADE,
+                    status INTEGER NOT NULL,
+                    at_ms INTEGER NOT NULL,
+                    reason TEXT NOT NULL
+                );
+                CREATE INDEX room_status_history_by_room ON room_status_history(room_id, id);
+                """)
+        }
+        return m
+    }
+
+    // MARK: RoomStore
+
+    public func insert(_ room: RoomRecord) async throws {
+        let box = try seal(room.streamKey, room: room.id)
+        try await write("create room \(room.id)") { db in
+            try db.execute(sql: """
+                INSERT INTO rooms (id, request_id, title, kind, platform_id, play_mode, owner_id, play_url, status, created_at_ms, updated_at_ms)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                """, arguments: [room.id, room.requestId, room.title, room.kind.rawValue, room.platformId, room.playMode.rawValue,
+                                 room.ownerId, room.playURL, room.status.rawValue, room.createdAtMs, room.updatedAtMs])
+            try db.execute(sql: "INSERT INTO platform_rooms (room_id, platform_id, platform_room_id, push_server) VALUES (?, ?, ?, ?)",
+                           arguments: [room.id, room.platformId, room.platformRoomId, room.pushServer])
+            try db.execute(sql: "INSERT INTO stream_keys (room_id, key_box, expires_at_ms, created_at_ms) VALUES (?, ?, ?, ?)",
+                           arguments: [room.id, box, room.keyExpiresAtMs, room.createdAtMs])
+            try db.execute(sql: "INSERT INTO room_status_history (room_id, status, at_ms, reason) VALUES (?, ?, ?, 'created')",
+                           arguments: [room.id, room.status.rawValue, room.createdAtMs])
+        }
+    }
+
+    public func update(_ room: RoomRecord, previous: RoomRecord, reason: String) async throws {
+        let box = room.streamKey != previous.streamKey ? try seal(room.streamKey, room: room.id) : nil
+        try await write("update room \(room.id)") { db in
+            try db.execute(sql: """
+                UPDATE rooms SET title = ?, status = ?, play_url = ?, updated_at_ms = ? WHERE id = ?
+                """, arguments: [room.title, room.status.rawValue, room.playURL, room.updatedAtMs, room.id])
+            try db.execute(sql: "UPDATE platform_rooms SET platform_room_id = ?, push_server = ? WHERE room_id = ?",
+                           arguments: [room.platformRoomId, room.pushServer, room.id])
+            if let box {
+                try db.execute(sql: "UPDATE stream_keys SET revoked_at_ms = ? WHERE room_id = ? AND revoked_at_ms IS NULL",
+                               arguments: [room.updatedAtMs, room.id])
+                try db.execute(sql: "INSERT INTO stream_keys (room_id, key_box, expires_at_ms, created_at_ms) VALUES (?, ?, ?, ?)",
+                               arguments: [room.id, box, room.keyExpiresAtMs, room.updatedAtMs])
+            } else if room.keyExpiresAtMs != previous.keyExpiresAtMs {
+                try db.execute(sql: "UPDATE stream_keys SET expires_at_ms = ? WHERE room_id = ? AND revoked_at_ms IS NULL",
+                               arguments: [room.keyExpiresAtMs, room.id])
+            }
+            if room.status != previous.status {
+                try db.execute(sql: "INSERT INTO room_status_history (room_id, status, at_ms, reason) VALUES (?, ?, ?, ?)",
+                               arguments: [room.id, room.status.rawValue, room.updatedAtMs, reason])
+            }
+        }
+    }
+
+    public func load(id: String) async throws -> RoomRecord? {
+        try await read { db in try self.fetch(db, where: "r.id = ?", [id.databaseValue], limit: 1).first }
+    }
+
+    public func find(requestId: String) async throws -> RoomRecord? {
+        try await read { db in try self.fetch(db, where: "r.request_id = ?", [requestId.databaseValue], limit: 1).first }
+    }
+
+    public func list(_ query: RoomQuery) async throws -> [RoomRecord] {
+        var clauses: [String] = []
+        var args: [DatabaseValue] = []
+        if let s = query.status { clauses.append("r.status = ?"); args.append(s.rawValue.databaseValue) }
+        if let p = query.platformId { clauses.append("r.platform_id = ?"); args.append(p.databaseValue) }
+        if let k = query.kind { clauses.append("r.kind = ?"); args.append(k.rawValue.databaseValue) }
+        if let after = query.after {
+            clauses.append("(r.created_at_ms < ? OR (r.created_at_ms = ? AND r.id < ?))")
+            args += [after.createdAtMs.databaseValue, after.createdAtMs.databaseValue, after.id.databaseValue]
+        }
+        let whereSQL = clauses.isEmpty ? "1" : clauses.joined(separator: " AND ")
+        let limit = query.limit
+        let arguments = args
+        return try await read { db in try self.fetch(db, where: whereSQL, arguments, limit: limit) }
+    }
+
+    public func delete(id: String) async throws {
+        try await write("delete room \(id)") { db in try db.execute(sql: "DELETE FROM rooms WHERE id = ?", arguments: [id]) }
+    }
+
+    /// The room's status changes, oldest first: (status, at, reason).
+    public func statusHistory(roomId: String) async throws -> [(status: RoomStatus, atMs: Int64, reason: String)] {
+        try await read { db in
+            try Row.fetchAll(db, sql: "SELECT status, at_ms, reason FROM room_status_history WHERE room_id = ? ORDER BY id", arguments: [roomId])
+                .map { (RoomStatus(rawValue: $0["status"]), $0["at_ms"], $0["reason"]) }
+        }
+    }
+
+    // MARK: helpers
+
+    private func fetch(_ db: Database, where clause: String, _ args: [DatabaseValue], limit: Int) throws -> [RoomRecord] {
+        let rows = try Row.fetchAll(db, sql: """
+            SELECT r.*, p.platform_room_id, p.push_server, k.key_box, k.expires_at_ms
+            FROM rooms r
+            JOIN platform_rooms p ON p.room_id = r.id
+            JOIN stream_keys k ON k.room_id = r.id AND k.revoked_at_ms IS NULL
+            WHERE \(clause)
+            ORDER BY r.created_at_ms DESC, r.id DESC
+            LIMIT ?
+            """, arguments: StatementArguments(args + [limit.databaseValue]))
+        return try rows.map { row in
+            let id: String = row["id"]
+            return RoomRecord(
+                id: id, requestId: row["request_id"], title: row["title"], kind: RoomKind(rawValue: row["kind"]),
+                platformId: row["platform_id"], playMode: PlayMode(rawValue: row["play_mode"]), ownerId: row["owner_id"],
+                pushServer: row["push_server"], streamKey: try open(row["key_box"], room: id), keyExpiresAtMs: row["expires_at_ms"],
+                playURL: row["play_url"], platformRoomId: row["platform_room_id"], status: RoomStatus(rawValue: row["status"]),
+                createdAtMs: row["created_at_ms"], updatedAtMs: row["updated_at_ms"])
+        }
+    }
+
+    private func write(_ what: String, _ body: @escaping @Sendable (Database) throws -> Void) async throws {
+        do {
+            try await pool.write(body)
+        } catch let error as DatabaseError {
+            throw Self.translate(error, what)
+        }
+    }
+
+    private func read<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
+        do {
+            return try await pool.read(body)
+        } catch let error as DatabaseError {
+            throw Self.translate(error, "read")
+        }
+    }
+
+    static func translate(_ error: DatabaseError, _ what: String) -> RoomError {
+        switch error.resultCode {
+        case .SQLITE_FULL:
+            return RoomError(.unavailable, "the store cannot be written (\(what)): the disk or database is full; free space, then retry")
+        case .SQLITE_READONLY, .SQLITE_CANTOPEN, .SQLITE_IOERR, .SQLITE_PERM:
+            return RoomError(.unavailable, "the store cannot be written (\(what)): \(error.message ?? "\(error.resultCode)"); check the data directory")
+        case .SQLITE_BUSY, .SQLITE_LOCKED:
+            return RoomError(.unavailable, "the store is busy (\(what)); retry")
+        case .SQLITE_CONSTRAINT:
+            return RoomError(.alreadyExists, "\(what): \(error.message ?? "constraint violated")")
+        default:
+            return RoomError(.internal, "store error (\(what)): \(error)")
+        }
+    }
+
+    private func seal(_ key: String, room: String) throws -> Data {
+        do {
+            guard let combined = try AES.GCM.seal(Data(key.utf8), using: masterKey, authenticating: Data(room.utf8)).combined else {
+                throw RoomError(.internal, "cannot encrypt the stream key")
+            }
+            return combined
+        } catch let e as RoomError {
+            throw e
+        } catch {
+            throw RoomError(.internal, "cannot encrypt the stream key: \(error)")
+        }
+    }
+
+    private func open(_ box: Data, room: String) throws -> String {
+        do {
+            let plain = try AES.GCM.open(AES.GCM.SealedBox(combined: box), using: masterKey, authenticating: Data(room.utf8))
+            return String(decoding: plain, as: UTF8.self)
+        } catch {
+            throw RoomError(.internal, "cannot decrypt the stream key of room \(room): wrong master.key for this database?")
+        }
+    }
+
+    static func loadOrCreateMasterKey(_ directory: String) throws -> Data {
+        let path = (directory as NSString).appendingPathComponent("master.key")
+        if let data = FileManager.default.contents(atPath: path) {
+            guard data.count == 32 else { throw RoomError(.internal, "\(path) must hold 32 bytes; it holds \(data.count)") }
+            return data
+        }
+        let data = SymmetricKey(size: .bits256).withUnsafeBytes { Data($0) }
+        guard FileManager.default.createFile(atPath: path, contents: data, attributes: [.posixPermissions: 0o600]) else {
+            throw RoomError(.unavailable, "cannot create \(path)")
+        }
+        return data
+    }
+}

@@ -1,0 +1,197 @@
+import ArgumentParser
+import Foundation
+import LiveRoomDomain
+import LiveRoomMessages
+import LiveRoomRPC
+import Logging
+import NIOCore
+import NIOPosix
+import ServiceLifecycle
+
+/// liveroom-platform-sim: behaves like a third-party live platform behind a connector, with its
+/// own room ids, push servers and expiring keys. Flags make it slow or failing for tests and demos.
+@main
+struct PlatformSim: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "liveroom-platform-sim",
+        abstract: "A simulated external live platform serving liveroom.v1.PlatformConnector.")
+
+    @Option(help: "Unix socket to serve on.")
+    var socket: String?
+
+    @Option(help: "TCP HOST:PORT to serve on.")
+    var tcp: String?
+
+    @Option(help: "The platform's name (used in its room ids and URLs).")
+    var name = "sim"
+
+    @Option(help: "Token the daemon must present (authorization: Bearer TOKEN).")
+    var token: String?
+
+    @Option(name: .customLong("delay-ms"), help: "Answer every call this late.")
+    var delayMs: Int64 = 0
+
+    @Flag(help: "Fail every call with UNAVAILABLE, like a platform outage.")
+    var fail = false
+
+    @Option(name: .customLong("key-ttl-seconds"), help: "Lifetime of the keys it issues.")
+    var keyTTLSeconds: Int64 = 24 * 3600
+
+    @Option(name: .customLong("state-file"), help: "Write the platform's rooms here as JSON after every change.")
+    var stateFile: String?
+
+    func run() async throws {
+        var listen: [Endpoint] = []
+        if let socket { listen.append(.unix(path: socket)) }
+        if let tcp { listen.append(try Endpoint.parseTCP(tcp)) }
+        guard !listen.isEmpty else { throw ValidationError("give --socket PATH and/or --tcp HOST:PORT") }
+        var logger = Logger(label: "platform-sim")
+        logger.logLevel = .info
+        let platform = SimPlatform(name: name, delayMs: delayMs, failing: fail, keyTTLMs: keyTTLSeconds * 1000, stateFile: stateFile)
+        await platform.writeState()
+        var registry = ServiceRegistry()
+        platform.register(in: &registry)
+        var configuration = ServerConfiguration(listen: listen)
+        configuration.gracePeriod = .seconds(2)
+        if let token {
+            configuration.authenticate = { ctx in
+                ctx.metadata["authorization"] == "Bearer \(token)" ? nil
+                    : RPCStatus(.unauthenticated, "platform \(name) needs its connector token")
+            }
+        }
+        let server = RPCServer(configuration: configuration, registry: registry, logger: logger)
+        let bound = try await server.start()
+        logger.info("platform-sim ready", metadata: ["name": "\(name)", "endpoints": "\(bound.map(\.description).joined(separator: " "))"])
+        let group = ServiceGroup(configuration: .init(services: [.init(service: server)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        try await group.run()
+    }
+}
+
+/// The simulated platform's rooms.
+actor SimPlatform {
+    struct SimRoom: Codable {
+        var id: String
+        var requestId: String
+        var title: String
+        var key: String
+        var keyExpiresAtMs: Int64
+        var status: Int32
+        var closed: Bool
+    }
+
+    let name: String
+    let delayMs: Int64
+    let failing: Bool
+    let keyTTLMs: Int64
+    let stateFile: String?
+    private var rooms: [String: SimRoom] = [:]
+    private var byRequest: [String: String] = [:]
+    private var cancelledRequests: Set<String> = []
+    private var counter = 0
+
+    init(name: String, delayMs: Int64, failing: Bool, keyTTLMs: Int64, stateFile: String?) {
+        self.name = name
+        self.delayMs = delayMs
+        self.failing = failing
+        self.keyTTLMs = keyTTLMs
+        self.stateFile = stateFile
+    }
+
+    nonisolated func register(in registry: inout ServiceRegistry) {
+        registry.unary(PlatformConnector.createPlatformRoom) { r, _ in try await self.create(r) }
+        registry.unary(PlatformConnector.rotatePlatformKey) { r, _ in try await self.rotate(r) }
+        registry.unary(PlatformConnector.getPlatformRoomStatus) { r, _ in try await self.status(r) }
+        registry.unary(PlatformConnector.closePlatformRoom) { r, _ in try await self.close(r) }
+    }
+
+    private var nowMs: Int64 { SystemWallClock().nowMs() }
+
+    private func behave() async throws {
+        if delayMs > 0 { try await Task.sleep(for: .milliseconds(delayMs)) }
+        if failing { throw RPCStatus(.unavailable, "\(name) is having an outage (simulated)") }
+    }
+
+    func create(_ r: CreatePlatformRoomRequest) async throws -> CreatePlatformRoomResponse {
+        try await behave()
+        guard !cancelledRequests.contains(r.requestId) else {
+            throw RPCStatus(.aborted, "request \(r.requestId) was cancelled before it finished")
+        }
+        guard !r.title.isEmpty else { throw RPCStatus(.invalidArgument, "\(name) needs a title") }
+        let room: SimRoom
+        if let id = byRequest[r.requestId], let existing = rooms[id] {
+            room = existing
+        } else {
+            counter += 1
+            let id = "\(name)-\(counter)-\(StreamKey.identifier(prefix: "", bytes: 3))"
+            room = SimRoom(id: id, requestId: r.requestId, title: r.title, key: "\(name)_" + StreamKey.generate(),
+                           keyExpiresAtMs: nowMs + keyTTLMs, status: RoomStatus.notStarted.rawValue, closed: false)
+            rooms[id] = room
+            if !r.requestId.isEmpty { byRequest[r.requestId] = id }
+            writeState()
+        }
+        var out = CreatePlatformRoomResponse()
+        out.platformRoomId = room.id
+        out.pushServer = "rtmp://push.\(name).example/live"
+        out.streamKey = room.key
+        out.keyExpiresAtMs = room.keyExpiresAtMs
+        out.playUrl = "https://\(name).example/live/\(room.id)"
+        out.status = RoomStatus(rawValue: room.status)
+        return out
+    }
+
+    private func existing(_ id: String) throws -> SimRoom {
+        guard let room = rooms[id] else { throw RPCStatus(.notFound, "\(name) has no room \(id)") }
+        return room
+    }
+
+    func rotate(_ r: RotatePlatformKeyRequest) async throws -> RotatePlatformKeyResponse {
+        try await behave()
+        var room = try existing(r.platformRoomId)
+        guard !room.closed else { throw RPCStatus(.failedPrecondition, "room \(room.id) is closed on \(name)") }
+        room.key = "\(name)_" + StreamKey.generate()
+        room.keyExpiresAtMs = nowMs + keyTTLMs
+        rooms[room.id] = room
+        writeState()
+        var out = RotatePlatformKeyResponse()
+        out.streamKey = room.key
+        out.keyExpiresAtMs = room.keyExpiresAtMs
+        return out
+    }
+
+    func status(_ r: GetPlatformRoomStatusRequest) async throws -> GetPlatformRoomStatusResponse {
+        try await behave()
+        let room = try existing(r.platformRoomId)
+        var out = GetPlatformRoomStatusResponse()
+        out.status = room.closed ? .ended : RoomStatus(rawValue: room.status)
+        out.keyExpiresAtMs = room.keyExpiresAtMs
+        return out
+    }
+
+    func close(_ r: ClosePlatformRoomRequest) async throws -> ClosePlatformRoomResponse {
+        try await behave()
+        var id = r.platformRoomId
+        if id.isEmpty {
+            // Undo of a create that failed on the daemon's side: close it if it exists, and
+            // make a create still in progress fail.
+            cancelledRequests.insert(r.requestId)
+            guard let made = byRequest[r.requestId] else { return ClosePlatformRoomResponse() }
+            id = made
+        }
+        var room = try existing(id)
+        room.closed = true
+        room.status = RoomStatus.ended.rawValue
+        rooms[id] = room
+        writeState()
+        return ClosePlatformRoomResponse()
+    }
+
+    /// Lets tests and demos see the platform's side.
+    func writeState() {
+        guard let stateFile else { return }
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .prettyPrinted]
+        if let data = try? encoder.encode(rooms.values.sorted { $0.id < $1.id }) {
+            try? data.write(to: URL(fileURLWithPath: stateFile), options: .atomic)
+        }
+    }
+}
