@@ -10,7 +10,7 @@ public actor RoomRegistry {
     private let clock: WallClock
     private var rooms: [String: RoomActor] = [:]
     /// Creates in progress by request id, so that concurrent duplicates get the same room.
-    private var creating: [String: Task<RoomRecord, Error>] = [:]
+    private var creating: [String: Task<(room: RoomRecord, created: Bool), Error>] = [:]
 
     public init(store: RoomStore, platforms: [PlatformSettings], connectors: [String: PlatformClient],
                 builtin: BuiltinEndpoints, clock: WallClock) {
@@ -56,25 +56,28 @@ public actor RoomRegistry {
         }
 
         let requestId = request.requestId.isEmpty ? StreamKey.identifier(prefix: "req_") : request.requestId
+        // Registered before the first suspension point, so a duplicate arriving while this one
+        // is in flight joins it instead of creating a second room.
         if let pending = creating[requestId] {
-            return (try await pending.value, false)
-        }
-        if let existing = try await store.find(requestId: requestId) {
-            guard existing.platformId == platform.id else {
-                throw RoomError(.alreadyExists, "request id \(requestId) already created room \(existing.id) on platform \(existing.platformId)")
-            }
-            return (existing, false)
+            return (try await pending.value.room, false)
         }
         var spec = request
         spec.title = title
         spec.kind = kind
         spec.playMode = playMode
         spec.requestId = requestId
-        let task = Task { try await self.make(spec, platform) }
+        let task = Task { () async throws -> (room: RoomRecord, created: Bool) in
+            if let existing = try await self.store.find(requestId: requestId) {
+                guard existing.platformId == platform.id else {
+                    throw RoomError(.alreadyExists, "request id \(requestId) already created room \(existing.id) on platform \(existing.platformId)")
+                }
+                return (existing, false)
+            }
+            return (try await self.make(spec, platform), true)
+        }
         creating[requestId] = task
         defer { creating[requestId] = nil }
-        let room = try await task.value
-        return (room, true)
+        return try await task.value
     }
 
     private func make(_ request: CreateRoomRequest, _ platform: PlatformSettings) async throws -> RoomRecord {

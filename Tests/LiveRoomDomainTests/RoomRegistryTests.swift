@@ -1,0 +1,241 @@
+import LiveRoomMessages
+import Synchronization
+import XCTest
+
+@testable import LiveRoomDomain
+
+/// An in-memory store that can be told to fail writes.
+final class MemoryStore: RoomStore {
+    let rooms = Mutex<[String: RoomRecord]>([:])
+    let failWrites = Mutex(false)
+    let history = Mutex<[(String, RoomStatus, String)]>([])
+
+    private func check() throws {
+        if failWrites.withLock({ $0 }) { throw RoomError(.unavailable, "the store cannot be written: disk full") }
+    }
+
+    func insert(_ room: RoomRecord) async throws {
+        try check()
+        rooms.withLock { $0[room.id] = room }
+    }
+
+    func update(_ room: RoomRecord, previous: RoomRecord, reason: String) async throws {
+        try check()
+        rooms.withLock { $0[room.id] = room }
+        if room.status != previous.status { history.withLock { $0.append((room.id, room.status, reason)) } }
+    }
+
+    func load(id: String) async throws -> RoomRecord? { rooms.withLock { $0[id] } }
+    func find(requestId: String) async throws -> RoomRecord? { rooms.withLock { $0.values.first { $0.requestId == requestId } } }
+    func list(_ query: RoomQuery) async throws -> [RoomRecord] {
+        rooms.withLock { Array($0.values) }.filter { query.platformId == nil || $0.platformId == query.platformId }
+    }
+    func delete(id: String) async throws { rooms.withLock { $0[id] = nil } }
+}
+
+/// A connector that records calls and can fail or stall.
+final class FakeConnector: PlatformClient {
+    let created = Mutex(0)
+    let closedRequests = Mutex<[String]>([])
+    let failure = Mutex<RoomError?>(nil)
+    let keyCounter = Mutex(0)
+
+    func createRoom(_ request: CreatePlatformRoomRequest) async throws -> CreatePlatformRoomResponse {
+        if let f = failure.withLock({ $0 }) { throw f }
+        created.withLock { $0 += 1 }
+        var r = CreatePlatformRoomResponse()
+        r.platformRoomId = "p-\(request.requestId)"
+        r.pushServer = "rtmp://push.fake/live"
+        r.streamKey = "fake-key-0"
+        r.keyExpiresAtMs = 0
+        r.playUrl = "https://fake/live/\(request.requestId)"
+        return r
+    }
+
+    func rotateKey(platformRoomId: String) async throws -> RotatePlatformKeyResponse {
+        if let f = failure.withLock({ $0 }) { throw f }
+        var r = RotatePlatformKeyResponse()
+        r.streamKey = "fake-key-\(keyCounter.withLock { $0 += 1; return $0 })"
+        return r
+    }
+
+    func status(platformRoomId: String) async throws -> GetPlatformRoomStatusResponse {
+        var r = GetPlatformRoomStatusResponse()
+        r.status = .live
+        return r
+    }
+
+    func close(platformRoomId: String, requestId: String) async throws {
+        closedRequests.withLock { $0.append(requestId) }
+    }
+
+    func probe() async -> String? { nil }
+}
+
+final class RoomRegistryTests: XCTestCase {
+    let clock = AdjustableClock()
+    let store = MemoryStore()
+    let connector = FakeConnector()
+
+    func makeRegistry() -> RoomRegistry {
+        var fake = PlatformSettings(id: "fake", displayName: "Fake")
+        fake.supportsMeeting = false
+        fake.keyTTLMs = 3_600_000
+        return RoomRegistry(store: store, platforms: [fake], connectors: ["fake": connector], builtin: BuiltinEndpoints(), clock: clock)
+    }
+
+    func request(_ platform: String, _ title: String = "Launch", requestId: String = "") -> CreateRoomRequest {
+        Self.request(platform, title, requestId: requestId)
+    }
+
+    static func request(_ platform: String, _ title: String = "Launch", requestId: String = "") -> CreateRoomRequest {
+        var r = CreateRoomRequest()
+        r.platformId = platform
+        r.title = title
+        r.requestId = requestId
+        return r
+    }
+
+    func testBuiltinRoomGetsKeyPushServerAndPlayURL() async throws {
+        let registry = makeRegistry()
+        let (room, created) = try await registry.create(request("self"))
+        XCTAssertTrue(created)
+        XCTAssertEqual(room.pushServer, "rtmp://127.0.0.1:1935/live")
+        XCTAssertEqual(room.playURL, "liveroom://127.0.0.1/rooms/\(room.id)")
+        XCTAssertEqual(room.playMode, .embedded)
+        XCTAssertEqual(room.kind, .live)
+        XCTAssertEqual(room.status, .notStarted)
+        XCTAssertTrue(room.streamKey.hasPrefix("sk_"))
+        XCTAssertEqual(room.streamKey.count, 3 + 32, "24 random bytes, base64url")
+        XCTAssertTrue(room.streamKey.dropFirst(3).allSatisfy { $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" })
+        XCTAssertEqual(room.keyExpiresAtMs, room.createdAtMs + 24 * 3_600_000)
+        let other = try await registry.create(request("self")).room
+        XCTAssertNotEqual(other.streamKey, room.streamKey)
+    }
+
+    func testSameRequestIdReturnsTheSameRoomEvenConcurrently() async throws {
+        let registry = makeRegistry()
+        let results = try await withThrowingTaskGroup(of: (RoomRecord, Bool).self) { group in
+            for _ in 0..<8 { group.addTask { try await registry.create(Self.request("fake", requestId: "same")) } }
+            var out: [(RoomRecord, Bool)] = []
+            for try await r in group { out.append(r) }
+            return out
+        }
+        XCTAssertEqual(Set(results.map(\.0.id)).count, 1)
+        XCTAssertEqual(results.filter(\.1).count, 1, "exactly one call created it")
+        XCTAssertEqual(connector.created.withLock { $0 }, 1, "the platform saw one create")
+        XCTAssertEqual(store.rooms.withLock { $0.count }, 1)
+    }
+
+    func testValidation() async throws {
+        let registry = makeRegistry()
+        await assertRoomError(.invalidArgument, containing: "known platforms: self, fake") { try await registry.create(self.request("nope")) }
+        await assertRoomError(.invalidArgument, containing: "title is required") { try await registry.create(self.request("self", " ")) }
+        var meeting = request("fake")
+        meeting.kind = .meeting
+        await assertRoomError(.invalidArgument, containing: "does not support meeting") { try await registry.create(meeting) }
+        var external = request("self")
+        external.playMode = .external
+        await assertRoomError(.invalidArgument, containing: "embedded") { try await registry.create(external) }
+    }
+
+    func testConnectorFailureLeavesNothingAndUndoesOnThePlatform() async throws {
+        let registry = makeRegistry()
+        connector.failure.withLock { $0 = RoomError(.deadlineExceeded, "platform fake did not answer within 5 ms") }
+        await assertRoomError(.deadlineExceeded, containing: "did not answer") { try await registry.create(self.request("fake", requestId: "r1")) }
+        XCTAssertEqual(store.rooms.withLock { $0.count }, 0)
+        try await waitUntil { self.connector.closedRequests.withLock { $0 } == ["r1"] }
+    }
+
+    func testStoreFailureUndoesThePlatformRoom() async throws {
+        let registry = makeRegistry()
+        store.failWrites.withLock { $0 = true }
+        await assertRoomError(.unavailable, containing: "disk full") { try await registry.create(self.request("fake", requestId: "r2")) }
+        try await waitUntil { self.connector.closedRequests.withLock { $0 } == ["r2"] }
+    }
+
+    func testKeyExpiryAndRotation() async throws {
+        let registry = makeRegistry()
+        let room = try await registry.create(request("self")).room
+        let actor = try await registry.room(room.id)
+        try await actor.authorizePublish(key: room.streamKey)
+        await assertRoomError(.permissionDenied, containing: "wrong stream key") { try await actor.authorizePublish(key: room.streamKey + "x") }
+        clock.advance(byMs: 24 * 3_600_000)
+        let expired = await actor.snapshot().keyStatus(nowMs: clock.nowMs())
+        XCTAssertEqual(expired, .expired)
+        await assertRoomError(.permissionDenied, containing: "expired") { try await actor.authorizePublish(key: room.streamKey) }
+        let rotated = try await actor.rotateKey()
+        XCTAssertNotEqual(rotated.streamKey, room.streamKey)
+        XCTAssertEqual(rotated.keyStatus(nowMs: clock.nowMs()), .valid)
+        await assertRoomError(.permissionDenied, containing: "wrong stream key") { try await actor.authorizePublish(key: room.streamKey) }
+        try await actor.authorizePublish(key: rotated.streamKey)
+    }
+
+    func testExternalRotationGoesThroughTheConnectorAndUsesThePlatformTTL() async throws {
+        let registry = makeRegistry()
+        let room = try await registry.create(request("fake")).room
+        XCTAssertEqual(room.keyExpiresAtMs, room.createdAtMs + 3_600_000, "the platform gave no expiry: its configured TTL applies")
+        let rotated = try await registry.room(room.id).rotateKey()
+        XCTAssertEqual(rotated.streamKey, "fake-key-1")
+    }
+
+    func testStoreFailureOnRotateKeepsTheOldKey() async throws {
+        let registry = makeRegistry()
+        let room = try await registry.create(request("self")).room
+        let actor = try await registry.room(room.id)
+        store.failWrites.withLock { $0 = true }
+        await assertRoomError(.unavailable, containing: "disk full") { _ = try await actor.rotateKey() }
+        try await actor.authorizePublish(key: room.streamKey)
+    }
+
+    func testCloseEndsTheRoomOnceAndRecordsHistory() async throws {
+        let registry = makeRegistry()
+        let room = try await registry.create(request("fake", requestId: "c1")).room
+        let actor = try await registry.room(room.id)
+        try await actor.setStatus(.live, reason: "media arriving")
+        let closed = try await actor.close()
+        XCTAssertEqual(closed.status, .ended)
+        _ = try await actor.close()
+        XCTAssertEqual(connector.closedRequests.withLock { $0 }, ["c1"])
+        XCTAssertEqual(store.history.withLock { $0.map(\.1) }, [.live, .ended])
+        await assertRoomError(.failedPrecondition, containing: "ended") { try await actor.authorizePublish(key: room.streamKey) }
+        await assertRoomError(.failedPrecondition, containing: "ended") { _ = try await actor.rotateKey() }
+    }
+
+    func testUnknownRoomAndRevivalFromTheStore() async throws {
+        let first = makeRegistry()
+        let room = try await first.create(request("self")).room
+        let second = makeRegistry()  // a restart: nothing in memory
+        let revived = try await second.room(room.id).snapshot()
+        XCTAssertEqual(revived, room)
+        await assertRoomError(.notFound, containing: "no room") { _ = try await second.room("rm_missing") }
+    }
+
+    func testConstantTimeCompareAndRedaction() {
+        XCTAssertTrue(StreamKey.equal("abc", "abc"))
+        XCTAssertFalse(StreamKey.equal("abc", "abd"))
+        XCTAssertFalse(StreamKey.equal("abc", "abcd"))
+        XCTAssertFalse(StreamKey.equal("", "a"))
+        XCTAssertFalse(StreamKey.redacted("sk_secret").contains("secret"))
+    }
+
+    // MARK: helpers
+
+    func assertRoomError(_ code: RoomError.Code, containing text: String, file: StaticString = #filePath, line: UInt = #line,
+                         _ body: () async throws -> Any) async {
+        do {
+            _ = try await body()
+            XCTFail("expected \(code)", file: file, line: line)
+        } catch let error as RoomError {
+            XCTAssertEqual(error.code, code, error.message, file: file, line: line)
+            XCTAssertTrue(error.message.contains(text), error.message, file: file, line: line)
+        } catch {
+            XCTFail("unexpected \(error)", file: file, line: line)
+        }
+    }
+
+    func waitUntil(_ condition: @escaping () -> Bool) async throws {
+        for _ in 0..<200 where !condition() { try await Task.sleep(for: .milliseconds(10)) }
+        XCTAssertTrue(condition())
+    }
+}

@@ -1,0 +1,121 @@
+import Foundation
+import LiveRoomDomain
+import LiveRoomMessages
+import XCTest
+
+@testable import LiveRoomStore
+
+final class SQLiteStoreTests: XCTestCase {
+    var dir: String!
+
+    override func setUp() {
+        dir = NSTemporaryDirectory() + "store-\(UUID().uuidString.prefix(8))"
+    }
+
+    override func tearDown() {
+        try? FileManager.default.removeItem(atPath: dir)
+    }
+
+    func room(_ id: String, at: Int64, platform: String = "self", status: RoomStatus = .notStarted, kind: RoomKind = .live) -> RoomRecord {
+        RoomRecord(id: id, requestId: "req-\(id)", title: "Title \(id)", kind: kind, platformId: platform, playMode: .embedded,
+                   ownerId: "u1", pushServer: "rtmp://x/live", streamKey: "sk_secret_\(id)_0123456789", keyExpiresAtMs: at + 1000,
+                   playURL: "liveroom://x/\(id)", platformRoomId: platform == "self" ? "" : "p-\(id)", status: status,
+                   createdAtMs: at, updatedAtMs: at)
+    }
+
+    func testRoundTripAcrossReopen() async throws {
+        let a = room("rm_a", at: 100)
+        do {
+            let store = try SQLiteStore(directory: dir)
+            try await store.insert(a)
+        }
+        let reopened = try SQLiteStore(directory: dir)
+        let loaded = try await reopened.load(id: "rm_a")
+        XCTAssertEqual(loaded, a)
+        let byRequest = try await reopened.find(requestId: "req-rm_a")
+        XCTAssertEqual(byRequest, a)
+        let missing = try await reopened.load(id: "nope")
+        XCTAssertNil(missing)
+    }
+
+    func testKeysAreEncryptedAtRestAndMasterKeyIsPrivate() async throws {
+        let store = try SQLiteStore(directory: dir)
+        try await store.insert(room("rm_k", at: 1))
+        _ = try await store.load(id: "rm_k")
+        let files = try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.hasPrefix("liveroom.sqlite") }
+        for f in files {
+            let bytes = try Data(contentsOf: URL(fileURLWithPath: dir + "/" + f))
+            XCTAssertNil(bytes.range(of: Data("sk_secret_rm_k".utf8)), "\(f) holds the key in clear")
+        }
+        let mode = try FileManager.default.attributesOfItem(atPath: dir + "/master.key")[.posixPermissions] as? NSNumber
+        XCTAssertEqual(mode?.intValue, 0o600)
+    }
+
+    func testRotationRevokesTheOldKeyAndStatusHistoryIsKept() async throws {
+        let store = try SQLiteStore(directory: dir)
+        let a = room("rm_r", at: 10)
+        try await store.insert(a)
+        var b = a
+        b.streamKey = "sk_new_key_abcdefghijklmnop"
+        b.keyExpiresAtMs = 5000
+        b.status = .live
+        b.updatedAtMs = 20
+        try await store.update(b, previous: a, reason: "media arriving")
+        let loaded = try await store.load(id: "rm_r")
+        XCTAssertEqual(loaded, b)
+        let keys = try await store.pool.read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM stream_keys WHERE room_id = 'rm_r'") }
+        XCTAssertEqual(keys, 2)
+        let history = try await store.statusHistory(roomId: "rm_r")
+        XCTAssertEqual(history.map(\.status), [.notStarted, .live])
+        XCTAssertEqual(history.map(\.reason), ["created", "media arriving"])
+    }
+
+    func testListingFiltersAndPages() async throws {
+        let store = try SQLiteStore(directory: dir)
+        for i in 0..<7 {
+            try await store.insert(room("rm_\(i)", at: Int64(i / 2), platform: i % 2 == 0 ? "self" : "douyin",
+                                        status: i == 3 ? .live : .notStarted, kind: i == 5 ? .meeting : .live))
+        }
+        var seen: [String] = []
+        var query = RoomQuery(limit: 3)
+        while true {
+            let page = try await store.list(query)
+            seen += page.map(\.id)
+            guard page.count == 3, let last = page.last else { break }
+            query.after = (last.createdAtMs, last.id)
+        }
+        XCTAssertEqual(seen, ["rm_6", "rm_5", "rm_4", "rm_3", "rm_2", "rm_1", "rm_0"], "newest first, ties by id, no gaps or repeats")
+        let douyin = try await store.list(RoomQuery(platformId: "douyin", limit: 10))
+        XCTAssertEqual(douyin.map(\.id), ["rm_5", "rm_3", "rm_1"])
+        let live = try await store.list(RoomQuery(status: .live, limit: 10))
+        XCTAssertEqual(live.map(\.id), ["rm_3"])
+        let meetings = try await store.list(RoomQuery(kind: .meeting, limit: 10))
+        XCTAssertEqual(meetings.map(\.id), ["rm_5"])
+    }
+
+    func testFullDiskIsUnavailableAndReadsGoOn() async throws {
+        var options = SQLiteStore.Options()
+        options.maxPageCount = 40
+        let store = try SQLiteStore(directory: dir, options: options)
+        var failure: RoomError?
+        var stored: [String] = []
+        for i in 0..<2000 {
+            var r = room("rm_full_\(i)", at: Int64(i))
+            r.title = String(repeating: "x", count: 150)
+            do {
+                try await store.insert(r)
+                stored.append(r.id)
+            } catch let e as RoomError {
+                failure = e
+                break
+            }
+        }
+        let error = try XCTUnwrap(failure, "the capped database should fill up")
+        XCTAssertEqual(error.code, .unavailable)
+        XCTAssertTrue(error.message.contains("full"), error.message)
+        let first = try await store.load(id: stored[0])
+        XCTAssertNotNil(first, "reads still work")
+        let all = try await store.list(RoomQuery(limit: 5000))
+        XCTAssertEqual(all.count, stored.count, "nothing acknowledged was lost")
+    }
+}
