@@ -4,28 +4,7 @@ import XCTest
 
 /// The debug client, run as a person would run it.
 final class CtlTests: XCTestCase {
-    struct Run {
-        var status: Int32
-        var stdout: String
-        var stderr: String
-    }
-
-    private func ctl(_ args: [String], stdin: String? = nil) throws -> Run {
-        let p = Process()
-        p.executableURL = DaemonProcess.binDirectory.appendingPathComponent("liveroomctl")
-        p.arguments = args
-        let out = Pipe(), err = Pipe(), input = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        p.standardInput = input
-        try p.run()
-        if let stdin { input.fileHandleForWriting.write(Data(stdin.utf8)) }
-        try input.fileHandleForWriting.close()
-        let o = out.fileHandleForReading.readDataToEndOfFile()
-        let e = err.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return Run(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
-    }
+    func ctl(_ args: [String], stdin: String? = nil) throws -> CtlRun { try runCtl(args, stdin: stdin) }
 
     func testHealthCallAndErrors() async throws {
         let daemon = try await DaemonProcess()
@@ -81,4 +60,69 @@ final class CtlTests: XCTestCase {
         let unknown = try ctl(["describe", "Rom"])
         XCTAssertNotEqual(unknown.status, 0)
     }
+}
+
+/// The room commands of the debug client against a daemon with one simulated platform.
+final class CtlRoomTests: XCTestCase {
+    func testRoomCommands() async throws {
+        let dir = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("ctlrooms-\(UUID().uuidString.prefix(8))")
+        let sim = try await PlatformSimProcess(name: "douyin", directory: dir)
+        defer { sim.stop() }
+        let config = dir.appendingPathComponent("d.conf")
+        try sim.configSection().write(to: config, atomically: true, encoding: .utf8)
+        let daemon = try await DaemonProcess(arguments: ["--config", config.path], directory: dir)
+        let sock = ["--socket", daemon.socketPath]
+
+        let platforms = try runCtl(["platforms"] + sock)
+        XCTAssertTrue(platforms.stdout.hasPrefix("PLATFORM  NAME"), platforms.stdout)
+        XCTAssertTrue(platforms.stdout.contains("douyin    douyin (simulated)"), platforms.stdout)
+
+        let created = try runCtl(["create-room"] + sock + ["--platform", "douyin", "--title", "Spring sale", "--request-id", "r-1"])
+        XCTAssertEqual(created.status, 0, created.stderr)
+        XCTAssertTrue(created.stdout.contains("push server  rtmp://push.douyin.example/live"), created.stdout)
+        XCTAssertTrue(created.stdout.contains("key status   valid"), created.stdout)
+
+        let json = try runCtl(["create-room", "--json"] + sock + ["--platform", "douyin", "--title", "Spring sale", "--request-id", "r-1"])
+        let object = try JSONSerialization.jsonObject(with: Data(json.stdout.utf8)) as? [String: Any]
+        XCTAssertEqual(object?["created"] as? Bool, false, "the same request id gives the same room")
+        let room = try XCTUnwrap((object?["room"] as? [String: Any])?["room_id"] as? String)
+
+        let list = try runCtl(["rooms"] + sock + ["--platform", "douyin"])
+        XCTAssertTrue(list.stdout.hasPrefix("ROOM "), list.stdout)
+        XCTAssertTrue(list.stdout.contains(room), list.stdout)
+        XCTAssertEqual(list.stdout.split(separator: "\n").count, 2, "header and one room")
+
+        let rotated = try runCtl(["rotate-key"] + sock + [room])
+        XCTAssertEqual(rotated.status, 0, rotated.stderr)
+        let closed = try runCtl(["close"] + sock + [room])
+        XCTAssertTrue(closed.stdout.contains("status       ended"), closed.stdout)
+        let missing = try runCtl(["room"] + sock + ["rm_missing"])
+        XCTAssertEqual(missing.stderr, "liveroomctl: NOT_FOUND: no room rm_missing\n")
+        try await daemon.stop()
+    }
+}
+
+/// What one run of liveroomctl printed.
+struct CtlRun {
+    var status: Int32
+    var stdout: String
+    var stderr: String
+}
+
+/// Runs the real liveroomctl binary.
+func runCtl(_ args: [String], stdin: String? = nil) throws -> CtlRun {
+    let p = Process()
+    p.executableURL = DaemonProcess.binDirectory.appendingPathComponent("liveroomctl")
+    p.arguments = args
+    let out = Pipe(), err = Pipe(), input = Pipe()
+    p.standardOutput = out
+    p.standardError = err
+    p.standardInput = input
+    try p.run()
+    if let stdin { input.fileHandleForWriting.write(Data(stdin.utf8)) }
+    try input.fileHandleForWriting.close()
+    let o = out.fileHandleForReading.readDataToEndOfFile()
+    let e = err.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    return CtlRun(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
 }
