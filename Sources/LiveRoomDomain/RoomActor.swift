@@ -4,19 +4,40 @@ import LiveRoomMessages
 /// persisted before the new state is visible.
 public actor RoomActor {
     public nonisolated let id: String
-    private var record: RoomRecord
-    private let store: RoomStore
-    private let platform: PlatformSettings
-    private let connector: PlatformClient?
-    private let clock: WallClock
+    var record: RoomRecord
+    let store: RoomStore & ViewerStore
+    let platform: PlatformSettings
+    let connector: PlatformClient?
+    let clock: WallClock
+    let media: MediaSettings
 
-    init(record: RoomRecord, store: RoomStore, platform: PlatformSettings, connector: PlatformClient?, clock: WallClock) {
+    // Media: the current publisher, what a new viewer is sent first, and who watches.
+    var publisher: PublishSession?
+    var lastChunkAtMs: Int64 = 0
+    var header: [MediaChunk] = []
+    var headerBytes = 0
+    var gop: [MediaChunk] = []
+    var gopBytes = 0
+    var watchers: [Int: (viewerId: String, queue: ViewerQueue)] = [:]
+    var nextWatcher = 0
+
+    // Our viewers' statistics, loaded on first use.
+    var viewers: [String: ViewerRecord] = [:]
+    var connections: [String: Int] = [:]
+    var peakConcurrent: Int64 = 0
+    var statsLoaded = false
+    var dirtyViewers: Set<String> = []
+    var peakDirty = false
+
+    init(record: RoomRecord, store: RoomStore & ViewerStore, platform: PlatformSettings, connector: PlatformClient?,
+         clock: WallClock, media: MediaSettings) {
         self.id = record.id
         self.record = record
         self.store = store
         self.platform = platform
         self.connector = connector
         self.clock = clock
+        self.media = media
     }
 
     public func snapshot() -> RoomRecord { record }
@@ -82,6 +103,7 @@ public actor RoomActor {
         next.status = .ended
         next.updatedAtMs = clock.nowMs()
         try await save(next, reason: "closed")
+        endMedia(closing: true)
         return record
     }
 
@@ -94,7 +116,7 @@ public actor RoomActor {
         try await save(next, reason: reason)
     }
 
-    private func save(_ next: RoomRecord, reason: String) async throws {
+    func save(_ next: RoomRecord, reason: String) async throws {
         try await store.update(next, previous: record, reason: reason)
         record = next
     }

@@ -3,7 +3,8 @@ import LiveRoomMessages
 /// Finds each room's actor by id (reviving it from the store), creates rooms on the chosen
 /// platform, and lists rooms.
 public actor RoomRegistry {
-    private let store: RoomStore
+    private let store: RoomStore & ViewerStore
+    private let media: MediaSettings
     private let platforms: [String: PlatformSettings]
     private let connectors: [String: PlatformClient]
     private let builtin: BuiltinEndpoints
@@ -12,13 +13,14 @@ public actor RoomRegistry {
     /// Creates in progress by request id, so that concurrent duplicates get the same room.
     private var creating: [String: Task<(room: RoomRecord, created: Bool), Error>] = [:]
 
-    public init(store: RoomStore, platforms: [PlatformSettings], connectors: [String: PlatformClient],
-                builtin: BuiltinEndpoints, clock: WallClock) {
+    public init(store: RoomStore & ViewerStore, platforms: [PlatformSettings], connectors: [String: PlatformClient],
+                builtin: BuiltinEndpoints, clock: WallClock, media: MediaSettings = MediaSettings()) {
         var all = Dictionary(platforms.map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a })
         if all[PlatformSettings.builtinID] == nil {
             all[PlatformSettings.builtinID] = PlatformSettings(id: PlatformSettings.builtinID, displayName: "LiveRoom (built-in)")
         }
         self.store = store
+        self.media = media
         self.platforms = all
         self.connectors = connectors
         self.builtin = builtin
@@ -120,7 +122,7 @@ public actor RoomRegistry {
             if let connector, !platform.isBuiltin { undo(connector, platformRoomId: record.platformRoomId, requestId: request.requestId) }
             throw error
         }
-        rooms[id] = RoomActor(record: record, store: store, platform: platform, connector: connector, clock: clock)
+        rooms[id] = RoomActor(record: record, store: store, platform: platform, connector: connector, clock: clock, media: media)
         return record
     }
 
@@ -136,12 +138,18 @@ public actor RoomRegistry {
         guard let record = try await store.load(id: id) else { throw RoomError(.notFound, "no room \(id)") }
         if let actor = rooms[id] { return actor }  // revived meanwhile
         let platform = platforms[record.platformId] ?? PlatformSettings(id: record.platformId, displayName: record.platformId)
-        let actor = RoomActor(record: record, store: store, platform: platform, connector: connectors[record.platformId], clock: clock)
+        let actor = RoomActor(record: record, store: store, platform: platform, connector: connectors[record.platformId],
+                              clock: clock, media: media)
         rooms[id] = actor
         return actor
     }
 
     public func list(_ query: RoomQuery) async throws -> [RoomRecord] {
         try await store.list(query)
+    }
+
+    /// Persists every loaded room's changed viewer statistics (called periodically and at stop).
+    public func flushStats() async {
+        for room in rooms.values { try? await room.flushStats() }
     }
 }

@@ -18,6 +18,15 @@ public struct CallContext: Sendable {
     public let peer: String
     let connectionLogger: Logger
     let responseMetadata: NIOLockedValueBox<ResponseMetadata>
+    let connection: NIOLoopBound<ServerConnectionHandler>?
+
+    /// Ends this call now with `status`, from any task: the peer gets the status, and the
+    /// handler's task is cancelled (a pending read of requests ends, a pending send throws).
+    public func abort(_ status: RPCStatus) {
+        guard let connection else { return }
+        let id = callID
+        connection.eventLoop.execute { connection.value.abortCall(id, status) }
+    }
 
     /// A logger whose lines carry the call id and method. Built on use: setting logger metadata
     /// is costly, and most calls log nothing.

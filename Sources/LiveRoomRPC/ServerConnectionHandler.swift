@@ -145,7 +145,8 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         let deadline = header.timeoutMs > 0 ? NIODeadline.now() + .milliseconds(header.timeoutMs) : nil
         let ctx = CallContext(
             callID: id, path: header.method, metadata: metadata, deadline: deadline, transport: transport,
-            peer: peer, connectionLogger: logger, responseMetadata: NIOLockedValueBox(ResponseMetadata()))
+            peer: peer, connectionLogger: logger, responseMetadata: NIOLockedValueBox(ResponseMetadata()),
+            connection: NIOLoopBound(self, eventLoop: context.eventLoop))
         if let denied = authenticate?(ctx) {
             writeStatus(id, denied, trailers: Metadata())
             return
@@ -263,6 +264,10 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         teardown(call, status)
         context.flush()
         closeIfDrained()
+    }
+
+    func abortCall(_ id: UInt32, _ status: RPCStatus) {
+        abort(id, status)
     }
 
     /// Ends a call from this side (deadline, violation, shutdown): status to the peer, handler cancelled.

@@ -13,6 +13,7 @@ public final class Daemon: Service, Sendable {
     public let configuration: DaemonConfiguration
     public let health: HealthState
     public let rooms: RoomRegistry
+    private let store: SQLiteStore
     private let server: RPCServer
     private let logger: Logger
 
@@ -30,13 +31,19 @@ public final class Daemon: Service, Sendable {
         builtin.keyTTLMs = configuration.keyTTLSeconds * 1000
         var connectors: [String: PlatformClient] = [:]
         for p in configuration.platforms { connectors[p.id] = try RPCPlatformConnector(platform: p) }
+        var media = MediaSettings()
+        media.publisherIdleTimeoutMs = configuration.publisherIdleTimeoutMs
+        media.viewerQueue.skipBytes = configuration.viewerQueueBytes
+        media.viewerQueue.maxSkips = configuration.viewerMaxSkips
         rooms = RoomRegistry(store: store, platforms: [builtin] + configuration.platforms, connectors: connectors,
-                             builtin: configuration.builtin, clock: clock)
+                             builtin: configuration.builtin, clock: clock, media: media)
+        self.store = store
 
         var registry = ServiceRegistry()
-        var services = [Health.name, RoomService.name, MediaService.name]
+        var services = [Health.name, RoomService.name, MediaService.name, AudienceService.name]
         RoomServiceHandlers.register(rooms, in: &registry)
         MediaServiceHandlers.register(rooms, in: &registry)
+        AudienceServiceHandlers.register(rooms, in: &registry)
         if configuration.enableTestService {
             InteropService.register(in: &registry)
             TestControlHandlers.register(clock, in: &registry)
@@ -57,6 +64,8 @@ public final class Daemon: Service, Sendable {
     /// Binds the listeners; returns what was bound (a TCP port 0 becomes the real port).
     @discardableResult
     public func start() async throws -> [Endpoint] {
+        let closed = try await store.closeOutOnlineViewers()
+        if closed > 0 { logger.info("closed out viewer sessions left open by the last stop", metadata: ["viewers": "\(closed)"]) }
         if configuration.tcp != nil && configuration.tcpToken == nil {
             logger.warning("TCP is enabled without tcp_token: every call over TCP except Health will be refused")
         }
@@ -65,8 +74,17 @@ public final class Daemon: Service, Sendable {
 
     public func run() async throws {
         try await start()
+        let rooms = self.rooms
+        let flusher = Task {
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .seconds(1))
+                await rooms.flushStats()
+            }
+        }
+        defer { flusher.cancel() }
         try await withGracefulShutdownHandler {
             try await server.run()
+            await rooms.flushStats()
         } onGracefulShutdown: {
             Task {
                 await self.health.set(.notServing)

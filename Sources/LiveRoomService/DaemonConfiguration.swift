@@ -24,6 +24,12 @@ public struct DaemonConfiguration: Sendable, Equatable {
     public var keyTTLSeconds: Int64 = 24 * 3600
     /// External platforms, in file order.
     public var platforms: [PlatformSettings] = []
+    /// A publisher silent this long is considered gone.
+    public var publisherIdleTimeoutMs: Int64 = 10_000
+    /// Per-viewer queue: bytes before skipping to the next keyframe, and skips (in 30 s)
+    /// before the viewer is disconnected.
+    public var viewerQueueBytes = 4 * 1024 * 1024
+    public var viewerMaxSkips = 3
     /// Testing only: caps the database size in pages, to simulate a full disk.
     public var storeMaxPageCount: Int?
 
@@ -102,6 +108,9 @@ public struct DaemonConfiguration: Sendable, Equatable {
             case "play_url_base": builtin.playURLBase = value
             case "key_ttl_seconds": keyTTLSeconds = Int64(try int(60...(365 * 86400)))
             case "store_max_page_count": storeMaxPageCount = try int(10...Int(Int32.max))
+            case "publisher_idle_timeout_ms": publisherIdleTimeoutMs = Int64(try int(200...3_600_000))
+            case "viewer_queue_bytes": viewerQueueBytes = try int(16 * 1024...(1024 * 1024 * 1024))
+            case "viewer_max_skips": viewerMaxSkips = try int(0...1000)
             case "tcp":
                 do { _ = try Endpoint.parseTCP(value) } catch { throw fail("tcp: \(error)") }
                 tcp = value

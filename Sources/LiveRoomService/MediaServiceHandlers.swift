@@ -2,36 +2,129 @@ import LiveRoomDomain
 import LiveRoomMessages
 import LiveRoomRPC
 
-/// `liveroom.v1.MediaService`: publishing checks the stream key before any media is accepted.
+/// `liveroom.v1.MediaService`: publishers in, viewers out.
 public enum MediaServiceHandlers {
     public static func register(_ registry: RoomRegistry, in services: inout ServiceRegistry) {
         services.clientStreaming(MediaService.streamData) { requests, context in
-            try await domain {
-                var it = requests.makeAsyncIterator()
-                guard let first = try await it.next(), case .start(let start)? = first.message else {
-                    throw RoomError(.invalidArgument, "the first StreamData message must be `start` with room_id and stream_key")
-                }
-                let room = try await registry.room(start.roomId)
-                try await room.authorizePublish(key: start.streamKey)
-                var summary = StreamDataResponse()
-                summary.startedAtMs = registry.now
-                do {
-                    while let next = try await it.next() {
-                        guard case .chunk(let chunk)? = next.message else {
-                            throw RoomError(.invalidArgument, "only `chunk` messages may follow `start`")
-                        }
-                        if summary.chunksReceived == 0 { try await room.setStatus(.live, reason: "media arriving") }
-                        summary.chunksReceived += 1
-                        summary.bytesReceived += UInt64(chunk.payload.readableBytes)
+            try await domain { try await publish(registry, requests, context) }
+        }
+        services.serverStreaming(MediaService.watch) { request, sender, context in
+            try await domain { try await watch(registry, request, sender, context) }
+        }
+    }
+
+    static func publish(_ registry: RoomRegistry, _ requests: RequestSequence<StreamDataRequest>, _ context: CallContext) async throws
+        -> StreamDataResponse
+    {
+        var it = requests.makeAsyncIterator()
+        guard let first = try await it.next(), case .start(let start)? = first.message else {
+            throw RoomError(.invalidArgument, "the first StreamData message must be `start` with room_id and stream_key")
+        }
+        let room = try await registry.room(start.roomId)
+        let session = try await room.beginPublish(key: start.streamKey, publisherId: start.publisherId)
+        context.logger.info("publisher started", metadata: ["room": "\(start.roomId)", "publisher": "\(start.publisherId)"])
+        // A takeover or close ends this call at once; so does silence past the idle timeout.
+        let watchdog = Task {
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    for await reason in session.ended {
+                        context.abort(RPCStatus(reason))
+                        return
                     }
-                } catch {
-                    if summary.chunksReceived > 0 { try? await room.setStatus(.notStarted, reason: "publisher gone") }
-                    throw error
                 }
-                if summary.chunksReceived > 0 { try await room.setStatus(.notStarted, reason: "publisher ended") }
-                summary.endedAtMs = registry.now
-                context.logger.info("publish ended", metadata: ["room": "\(start.roomId)", "chunks": "\(summary.chunksReceived)"])
-                return summary
+                group.addTask {
+                    while !Task.isCancelled {
+                        try? await Task.sleep(for: .milliseconds(250))
+                        if await room.isIdle(session) {
+                            context.abort(RPCStatus(.aborted, "no media for a while: the publisher was considered gone"))
+                            return
+                        }
+                    }
+                }
+                await group.next()
+                group.cancelAll()
+            }
+        }
+        defer { watchdog.cancel() }
+        var summary = StreamDataResponse()
+        summary.startedAtMs = registry.now
+        var reason = "publisher ended"
+        do {
+            while let next = try await it.next() {
+                guard case .chunk(let chunk)? = next.message else {
+                    throw RoomError(.invalidArgument, "only `chunk` messages may follow `start`")
+                }
+                try await room.publish(chunk, session: session)
+                summary.chunksReceived += 1
+                summary.bytesReceived += UInt64(chunk.payload.readableBytes)
+            }
+        } catch {
+            reason = "publisher gone"
+            await room.endPublish(session, reason: reason)
+            throw error
+        }
+        await room.endPublish(session, reason: reason)
+        summary.endedAtMs = registry.now
+        return summary
+    }
+
+    static func watch(_ registry: RoomRegistry, _ request: WatchRequest, _ sender: ResponseSender<WatchResponse>,
+                      _ context: CallContext) async throws {
+        let room = try await registry.room(request.roomId)
+        let (token, queue) = try await room.join(viewerId: request.viewerId, name: request.name, phone: request.phone) { error in
+            context.abort(RPCStatus(error))
+        }
+        do {
+            while let item = try await queue.next() {
+                var r = WatchResponse()
+                switch item {
+                case .chunk(let c): r.message = .chunk(c)
+                case .event(let e): r.message = .event(e)
+                }
+                try await sender.send(r)
+                if case .event(let e) = item, e.kind == .closed { break }
+            }
+        } catch {
+            await room.leave(token)
+            throw error
+        }
+        await room.leave(token)
+    }
+}
+
+/// `liveroom.v1.AudienceService`: our own viewers' statistics.
+public enum AudienceServiceHandlers {
+    public static func register(_ registry: RoomRegistry, in services: inout ServiceRegistry) {
+        services.unary(AudienceService.getRoomStats) { request, _ in
+            try await domain {
+                let room = try await registry.room(request.roomId)
+                var r = GetRoomStatsResponse()
+                r.roomId = request.roomId
+                let viewers = try await room.viewerStats()
+                r.viewers = viewers
+                r.combinedReach = viewers.distinctViewers
+                r.combinedOnline = viewers.onlineNow
+                return r
+            }
+        }
+        services.unary(AudienceService.listViewers) { request, _ in
+            try await domain {
+                guard request.pageSize >= 0 else { throw RoomError(.invalidArgument, "page_size must not be negative") }
+                let size = request.pageSize == 0 ? 50 : min(Int(request.pageSize), 1000)
+                var offset = 0
+                if !request.pageToken.isEmpty {
+                    guard let o = Int(request.pageToken), o >= 0 else {
+                        throw RoomError(.invalidArgument, "page_token is not one this server gave out")
+                    }
+                    offset = o
+                }
+                let room = try await registry.room(request.roomId)
+                let (page, more) = try await room.viewerPage(offset: offset, limit: size, onlineOnly: request.onlineOnly)
+                var r = ListViewersResponse()
+                let now = registry.now
+                r.viewers = page.map { $0.message(nowMs: now) }
+                if more { r.nextPageToken = String(offset + page.count) }
+                return r
             }
         }
     }

@@ -10,7 +10,7 @@ import LiveRoomMessages
 /// Stream keys are encrypted at rest with AES-GCM (bound to their room id) under a master key
 /// kept beside the database in `master.key` (mode 0600). Keys must be readable again because
 /// the API shows the current key, as an admin list does; hashing would lose that.
-public final class SQLiteStore: RoomStore, Sendable {
+public final class SQLiteStore: RoomStore, ViewerStore, Sendable {
     let pool: DatabasePool
     /// The master key's bytes (SymmetricKey itself is not Sendable).
     private let masterKeyBytes: Data
@@ -85,7 +85,72 @@ public final class SQLiteStore: RoomStore, Sendable {
                 CREATE INDEX room_status_history_by_room ON room_status_history(room_id, id);
                 """)
         }
+        m.registerMigration("v2: our viewers") { db in
+            try db.execute(sql: """
+                CREATE TABLE viewers (
+                    room_id TEXT NOT NULL REFERENCES rooms(id) ON DELETE CASCADE,
+                    viewer_id TEXT NOT NULL,
+                    name TEXT NOT NULL,
+                    phone TEXT NOT NULL,
+                    online INTEGER NOT NULL,
+                    first_entry_ms INTEGER NOT NULL,
+                    last_leave_ms INTEGER NOT NULL,
+                    times_left INTEGER NOT NULL,
+                    watch_ms INTEGER NOT NULL,
+                    session_started_ms INTEGER NOT NULL,
+                    last_seen_ms INTEGER NOT NULL,
+                    PRIMARY KEY (room_id, viewer_id)
+                );
+                CREATE INDEX viewers_online ON viewers(online) WHERE online = 1;
+                ALTER TABLE rooms ADD COLUMN peak_concurrent INTEGER NOT NULL DEFAULT 0;
+                """)
+        }
         return m
+    }
+
+    // MARK: ViewerStore
+
+    public func saveViewers(roomId: String, peakConcurrent: Int64, _ viewers: [ViewerRecord]) async throws {
+        try await write("save viewers of \(roomId)") { db in
+            try db.execute(sql: "UPDATE rooms SET peak_concurrent = max(peak_concurrent, ?) WHERE id = ?", arguments: [peakConcurrent, roomId])
+            for v in viewers {
+                try db.execute(sql: """
+                    INSERT INTO viewers (room_id, viewer_id, name, phone, online, first_entry_ms, last_leave_ms, times_left, watch_ms, session_started_ms, last_seen_ms)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    ON CONFLICT (room_id, viewer_id) DO UPDATE SET name = excluded.name, phone = excluded.phone, online = excluded.online,
+                        last_leave_ms = excluded.last_leave_ms, times_left = excluded.times_left, watch_ms = excluded.watch_ms,
+                        session_started_ms = excluded.session_started_ms, last_seen_ms = excluded.last_seen_ms
+                    """, arguments: [roomId, v.viewerId, v.name, v.phone, v.online, v.firstEntryMs, v.lastLeaveMs, v.timesLeft,
+                                     v.watchMs, v.sessionStartedMs, v.lastSeenMs])
+            }
+        }
+    }
+
+    public func loadViewers(roomId: String) async throws -> (peakConcurrent: Int64, viewers: [ViewerRecord]) {
+        try await read { db in
+            let peak = try Int64.fetchOne(db, sql: "SELECT peak_concurrent FROM rooms WHERE id = ?", arguments: [roomId]) ?? 0
+            let rows = try Row.fetchAll(db, sql: "SELECT * FROM viewers WHERE room_id = ?", arguments: [roomId])
+            return (peak, rows.map { r in
+                ViewerRecord(viewerId: r["viewer_id"], name: r["name"], phone: r["phone"], online: r["online"],
+                             firstEntryMs: r["first_entry_ms"], lastLeaveMs: r["last_leave_ms"], timesLeft: r["times_left"],
+                             watchMs: r["watch_ms"], sessionStartedMs: r["session_started_ms"], lastSeenMs: r["last_seen_ms"])
+            })
+        }
+    }
+
+    public func closeOutOnlineViewers() async throws -> Int {
+        do {
+            return try await pool.write { db in
+                try db.execute(sql: """
+                    UPDATE viewers SET watch_ms = watch_ms + max(0, last_seen_ms - session_started_ms),
+                        last_leave_ms = last_seen_ms, times_left = times_left + 1, online = 0
+                    WHERE online = 1
+                    """)
+                return db.changesCount
+            }
+        } catch let error as DatabaseError {
+            throw Self.translate(error, "close out viewers online at the last stop")
+        }
     }
 
     // MARK: RoomStore

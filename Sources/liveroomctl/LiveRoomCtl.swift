@@ -12,7 +12,8 @@ struct LiveRoomCtl: AsyncParsableCommand {
         abstract: "Debug client for liveroomd.",
         subcommands: [
             HealthCommand.self, PlatformsCommand.self, CreateRoomCommand.self, RoomCommand.self, RoomsCommand.self,
-            RefreshCommand.self, RotateKeyCommand.self, CloseCommand.self, CallCommand.self, MethodsCommand.self,
+            RefreshCommand.self, RotateKeyCommand.self, CloseCommand.self, PublishCommand.self, WatchCommand.self,
+            ViewersCommand.self, StatsCommand.self, CallCommand.self, MethodsCommand.self,
             DescribeCommand.self,
         ])
 }

@@ -5,7 +5,22 @@ import XCTest
 @testable import LiveRoomDomain
 
 /// An in-memory store that can be told to fail writes.
-final class MemoryStore: RoomStore {
+final class MemoryStore: RoomStore, ViewerStore {
+    let viewerRows = Mutex<[String: [String: ViewerRecord]]>([:])
+    let peaks = Mutex<[String: Int64]>([:])
+
+    func saveViewers(roomId: String, peakConcurrent: Int64, _ viewers: [ViewerRecord]) async throws {
+        try check()
+        viewerRows.withLock { for v in viewers { $0[roomId, default: [:]][v.viewerId] = v } }
+        peaks.withLock { $0[roomId] = max($0[roomId] ?? 0, peakConcurrent) }
+    }
+
+    func loadViewers(roomId: String) async throws -> (peakConcurrent: Int64, viewers: [ViewerRecord]) {
+        (peaks.withLock { $0[roomId] ?? 0 }, viewerRows.withLock { Array(($0[roomId] ?? [:]).values) })
+    }
+
+    func closeOutOnlineViewers() async throws -> Int { 0 }
+
     let rooms = Mutex<[String: RoomRecord]>([:])
     let failWrites = Mutex(false)
     let history = Mutex<[(String, RoomStatus, String)]>([])

@@ -1,0 +1,220 @@
+import LiveRoomMessages
+
+/// Media limits of a room.
+public struct MediaSettings: Sendable, Equatable {
+    /// A publisher silent this long is considered gone.
+    public var publisherIdleTimeoutMs: Int64 = 10_000
+    /// The group of pictures kept for viewers joining mid-stream is dropped past this size.
+    public var maxGOPBytes = 16 * 1024 * 1024
+    /// Header chunks (FLV header, codec configuration) kept for new viewers.
+    public var maxHeaderBytes = 1024 * 1024
+    public var viewerQueue = ViewerQueue.Limits()
+    public init() {}
+}
+
+extension RoomActor {
+    // MARK: publishing
+
+    /// Starts a publisher after checking its key. A publisher already on the room is ended with
+    /// ABORTED: a broadcaster reconnecting after a drop takes over at once.
+    public func beginPublish(key: String, publisherId: String) throws -> PublishSession {
+        try authorizePublish(key: key)
+        if let old = publisher {
+            old.end(RoomError(.aborted, "another publisher with a valid key took over room \(id)"))
+        }
+        let session = PublishSession(publisherId: publisherId)
+        publisher = session
+        lastChunkAtMs = clock.nowMs()
+        header = []
+        headerBytes = 0
+        gop = []
+        gopBytes = 0
+        broadcast(.started)
+        return session
+    }
+
+    /// Takes one chunk from the current publisher and hands it to every viewer, sharing the
+    /// payload buffer (no copy per viewer).
+    public func publish(_ chunk: MediaChunk, session: PublishSession) async throws {
+        guard publisher === session else {
+            throw RoomError(.aborted, "another publisher took over room \(id)")
+        }
+        let now = clock.nowMs()
+        lastChunkAtMs = now
+        if record.status == .notStarted {
+            var next = record
+            next.status = .live
+            next.updatedAtMs = now
+            try await save(next, reason: "media arriving")
+        }
+        let size = chunk.payload.readableBytes
+        if chunk.header {
+            if headerBytes + size <= media.maxHeaderBytes {
+                header.append(chunk)
+                headerBytes += size
+            }
+        } else if chunk.keyframe {
+            gop = [chunk]
+            gopBytes = size
+        } else if !gop.isEmpty {
+            gop.append(chunk)
+            gopBytes += size
+            if gopBytes > media.maxGOPBytes {
+                gop = []
+                gopBytes = 0
+            }
+        }
+        var dropped: [Int] = []
+        for (token, w) in watchers where !w.queue.offer(chunk, nowMs: now) {
+            dropped.append(token)
+        }
+        for token in dropped { leave(token) }
+    }
+
+    /// Ends a publisher's session (it finished, failed, or went silent).
+    public func endPublish(_ session: PublishSession, reason: String) async {
+        guard publisher === session else { return }
+        publisher = nil
+        header = []
+        headerBytes = 0
+        gop = []
+        gopBytes = 0
+        broadcast(.ended)
+        if record.status == .live {
+            var next = record
+            next.status = .notStarted
+            next.updatedAtMs = clock.nowMs()
+            // Often called from a call that was just cancelled (aborted, disconnected): the
+            // store refuses work in a cancelled task, so write from a task of its own.
+            await Task { try? await self.save(next, reason: reason) }.value
+        }
+    }
+
+    /// Whether the session has sent nothing for the idle timeout.
+    public func isIdle(_ session: PublishSession) -> Bool {
+        publisher === session && clock.nowMs() - lastChunkAtMs >= media.publisherIdleTimeoutMs
+    }
+
+    func endMedia(closing: Bool) {
+        publisher?.end(RoomError(.aborted, "room \(id) was closed"))
+        publisher = nil
+        broadcast(.closed)
+        for (_, w) in watchers { w.queue.finish(nil) }
+        for token in Array(watchers.keys) { leave(token) }
+    }
+
+    private func broadcast(_ kind: StreamEventKind) {
+        var e = StreamEvent()
+        e.kind = kind
+        e.atMs = clock.nowMs()
+        for (_, w) in watchers { w.queue.offer(event: e) }
+    }
+
+    // MARK: watching
+
+    /// Adds a viewer. Its queue starts with the stream's header and the current group of
+    /// pictures, so playback can start at once.
+    public func join(viewerId: String, name: String, phone: String,
+                     onDrop: @escaping @Sendable (RoomError) -> Void = { _ in }) async throws -> (token: Int, queue: ViewerQueue) {
+        guard record.status != .ended else {
+            throw RoomError(.failedPrecondition, "room \(id) has ended")
+        }
+        guard !viewerId.isEmpty else { throw RoomError(.invalidArgument, "viewer_id is required") }
+        try await loadStats()
+        let now = clock.nowMs()
+        let queue = ViewerQueue(limits: media.viewerQueue, onDrop: onDrop)
+        for c in header + gop { queue.offer(c, nowMs: now) }
+        let token = nextWatcher
+        nextWatcher += 1
+        watchers[token] = (viewerId, queue)
+
+        connections[viewerId, default: 0] += 1
+        var v = viewers[viewerId] ?? ViewerRecord(viewerId: viewerId, name: name, phone: phone, online: false, firstEntryMs: now,
+                                                  lastLeaveMs: 0, timesLeft: 0, watchMs: 0, sessionStartedMs: now, lastSeenMs: now)
+        if !name.isEmpty { v.name = name }
+        if !phone.isEmpty { v.phone = phone }
+        if !v.online {
+            v.online = true
+            v.sessionStartedMs = now
+        }
+        v.lastSeenMs = now
+        viewers[viewerId] = v
+        dirtyViewers.insert(viewerId)
+        let online = Int64(connections.values.filter { $0 > 0 }.count)
+        if online > peakConcurrent {
+            peakConcurrent = online
+            peakDirty = true
+        }
+        return (token, queue)
+    }
+
+    /// Removes a viewer's call; the viewer goes offline when their last call ends.
+    public func leave(_ token: Int) {
+        guard let w = watchers.removeValue(forKey: token) else { return }
+        w.queue.finish(nil)
+        let left = (connections[w.viewerId] ?? 1) - 1
+        connections[w.viewerId] = left > 0 ? left : nil
+        guard left <= 0, var v = viewers[w.viewerId], v.online else { return }
+        let now = clock.nowMs()
+        v.online = false
+        v.watchMs += max(0, now - v.sessionStartedMs)
+        v.timesLeft += 1
+        v.lastLeaveMs = now
+        v.lastSeenMs = now
+        viewers[w.viewerId] = v
+        dirtyViewers.insert(w.viewerId)
+    }
+
+    // MARK: statistics
+
+    func loadStats() async throws {
+        guard !statsLoaded else { return }
+        let (peak, list) = try await store.loadViewers(roomId: id)
+        guard !statsLoaded else { return }
+        statsLoaded = true
+        peakConcurrent = max(peakConcurrent, peak)
+        for v in list where viewers[v.viewerId] == nil { viewers[v.viewerId] = v }
+    }
+
+    /// Online now, distinct viewers so far, peak concurrent, total watch time.
+    public func viewerStats() async throws -> ViewerStats {
+        try await loadStats()
+        let now = clock.nowMs()
+        var s = ViewerStats()
+        s.onlineNow = Int64(viewers.values.filter(\.online).count)
+        s.distinctViewers = Int64(viewers.count)
+        s.peakConcurrent = peakConcurrent
+        s.totalWatchMs = viewers.values.reduce(0) { $0 + $1.totalWatchMs(nowMs: now) }
+        return s
+    }
+
+    /// Viewers in order of first entry; `offset` and `limit` page through them.
+    public func viewerPage(offset: Int, limit: Int, onlineOnly: Bool) async throws -> (viewers: [ViewerRecord], more: Bool) {
+        try await loadStats()
+        let all = viewers.values.filter { !onlineOnly || $0.online }
+            .sorted { ($0.firstEntryMs, $0.viewerId) < ($1.firstEntryMs, $1.viewerId) }
+        let page = Array(all.dropFirst(offset).prefix(limit))
+        return (page, offset + page.count < all.count)
+    }
+
+    /// Writes changed statistics, and the last moment online viewers were seen.
+    public func flushStats() async throws {
+        guard statsLoaded else { return }
+        let now = clock.nowMs()
+        for (id, v) in viewers where v.online {
+            viewers[id]?.lastSeenMs = now
+            dirtyViewers.insert(id)
+        }
+        guard !dirtyViewers.isEmpty || peakDirty else { return }
+        let batch = dirtyViewers.compactMap { viewers[$0] }
+        dirtyViewers.removeAll()
+        peakDirty = false
+        do {
+            try await store.saveViewers(roomId: id, peakConcurrent: peakConcurrent, batch)
+        } catch {
+            for v in batch { dirtyViewers.insert(v.viewerId) }
+            peakDirty = true
+            throw error
+        }
+    }
+}

@@ -1,0 +1,182 @@
+import LiveRoomMessages
+import Synchronization
+
+/// What a viewer's Watch call receives, in order.
+public enum ViewerItem: Sendable {
+    case chunk(MediaChunk)
+    case event(StreamEvent)
+}
+
+/// One viewer's bounded queue. The room offers chunks without waiting; the viewer's call drains
+/// it at its own pace. A viewer that falls behind skips to the next keyframe; one that stays
+/// behind is disconnected, so a slow viewer never slows the publisher or anyone else, and the
+/// queue's memory stays bounded.
+public final class ViewerQueue: Sendable {
+    public struct Limits: Sendable, Equatable {
+        /// Queued bytes past which the viewer skips to the next keyframe.
+        public var skipBytes = 4 * 1024 * 1024
+        /// Skips within `window` after which the viewer is disconnected.
+        public var maxSkips = 3
+        public var windowMs: Int64 = 30_000
+        public init() {}
+    }
+
+    private struct State {
+        var items: [ViewerItem] = []
+        var head = 0
+        var bytes = 0
+        var skipping = false
+        var skippedChunks: UInt64 = 0
+        var skipTimes: [Int64] = []
+        var finished: RoomError?? = nil  // .some(nil): ended normally
+        var waiter: CheckedContinuation<Result<ViewerItem?, RoomError>, Never>?
+    }
+
+    private let state = Mutex(State())
+    private let limits: Limits
+    private let onDrop: @Sendable (RoomError) -> Void
+
+    /// - Parameter onDrop: called once if the viewer is disconnected for falling behind, so
+    ///   the call can be ended even while it is blocked writing to a stalled peer.
+    public init(limits: Limits = Limits(), onDrop: @escaping @Sendable (RoomError) -> Void = { _ in }) {
+        self.limits = limits
+        self.onDrop = onDrop
+    }
+
+    /// Offers a chunk. Returns false when the viewer has been disconnected for falling behind.
+    @discardableResult
+    public func offer(_ chunk: MediaChunk, nowMs: Int64) -> Bool {
+        var wake: (CheckedContinuation<Result<ViewerItem?, RoomError>, Never>, ViewerItem)?
+        var failWake: (CheckedContinuation<Result<ViewerItem?, RoomError>, Never>, RoomError)?
+        var droppedWith: RoomError?
+        let alive = state.withLock { s -> Bool in
+            guard s.finished == nil else { return false }
+            if s.skipping {
+                guard chunk.keyframe || chunk.header else {
+                    s.skippedChunks += 1
+                    return true
+                }
+                s.skipping = false
+                var e = StreamEvent()
+                e.kind = .skipped
+                e.atMs = nowMs
+                e.skippedChunks = s.skippedChunks
+                s.skippedChunks = 0
+                Self.append(&s, .event(e))
+            } else if s.bytes + chunk.payload.readableBytes > limits.skipBytes && !chunk.header {
+                s.skipTimes = s.skipTimes.filter { nowMs - $0 < limits.windowMs } + [nowMs]
+                if s.skipTimes.count > limits.maxSkips {
+                    let error = RoomError(.resourceExhausted,
+                        "viewer too slow: fell behind \(s.skipTimes.count) times in \(limits.windowMs / 1000) s; reconnect when the network allows")
+                    s.finished = .some(error)
+                    droppedWith = error
+                    s.items.removeAll()
+                    s.head = 0
+                    s.bytes = 0
+                    if let w = s.waiter {
+                        s.waiter = nil
+                        failWake = (w, error)
+                    }
+                    return false
+                }
+                // Drop what is queued and wait for the next keyframe.
+                s.skippedChunks = UInt64(s.items.count - s.head)
+                s.items.removeAll()
+                s.head = 0
+                s.bytes = 0
+                guard chunk.keyframe else {
+                    s.skipping = true
+                    s.skippedChunks += 1
+                    return true
+                }
+                var e = StreamEvent()
+                e.kind = .skipped
+                e.atMs = nowMs
+                e.skippedChunks = s.skippedChunks
+                s.skippedChunks = 0
+                Self.append(&s, .event(e))
+            }
+            Self.append(&s, .chunk(chunk))
+            if let w = s.waiter, let item = Self.pop(&s) {
+                s.waiter = nil
+                wake = (w, item)
+            }
+            return true
+        }
+        if let (w, item) = wake { w.resume(returning: .success(item)) }
+        if let (w, error) = failWake { w.resume(returning: .failure(error)) }
+        if let droppedWith { onDrop(droppedWith) }
+        return alive
+    }
+
+    /// Offers a stream event (never dropped).
+    public func offer(event: StreamEvent) {
+        var wake: (CheckedContinuation<Result<ViewerItem?, RoomError>, Never>, ViewerItem)?
+        state.withLock { s in
+            guard s.finished == nil else { return }
+            Self.append(&s, .event(event))
+            if let w = s.waiter, let item = Self.pop(&s) {
+                s.waiter = nil
+                wake = (w, item)
+            }
+        }
+        if let (w, item) = wake { w.resume(returning: .success(item)) }
+    }
+
+    /// Ends the queue: the viewer drains what is queued, then gets nil (or the error).
+    public func finish(_ error: RoomError? = nil) {
+        var waiter: CheckedContinuation<Result<ViewerItem?, RoomError>, Never>?
+        state.withLock { s in
+            guard s.finished == nil else { return }
+            s.finished = .some(error)
+            if error != nil {
+                s.items.removeAll()
+                s.head = 0
+                s.bytes = 0
+            }
+            if s.head == s.items.count {
+                waiter = s.waiter
+                s.waiter = nil
+            }
+        }
+        if let waiter { waiter.resume(returning: error.map { .failure($0) } ?? .success(nil)) }
+    }
+
+    /// The next item; nil when the queue ended normally. Throws the reason it was ended otherwise.
+    public func next() async throws -> ViewerItem? {
+        let result = await withTaskCancellationHandler {
+            await withCheckedContinuation { (c: CheckedContinuation<Result<ViewerItem?, RoomError>, Never>) in
+                let ready = state.withLock { s -> Result<ViewerItem?, RoomError>? in
+                    if let item = Self.pop(&s) { return .success(item) }
+                    if let finished = s.finished { return finished.map { .failure($0) } ?? .success(nil) }
+                    s.waiter = c
+                    return nil
+                }
+                if let ready { c.resume(returning: ready) }
+            }
+        } onCancel: {
+            self.finish(nil)
+        }
+        return try result.get()
+    }
+
+    /// Bytes waiting to be sent.
+    public var queuedBytes: Int { state.withLock { $0.bytes } }
+
+    private static func append(_ s: inout State, _ item: ViewerItem) {
+        if case .chunk(let c) = item { s.bytes += c.payload.readableBytes }
+        s.items.append(item)
+    }
+
+    private static func pop(_ s: inout State) -> ViewerItem? {
+        guard s.head < s.items.count else { return nil }
+        let item = s.items[s.head]
+        s.head += 1
+        if case .chunk(let c) = item { s.bytes -= c.payload.readableBytes }
+        if s.head > 64 && s.head * 2 > s.items.count {
+            s.items.removeFirst(s.head)
+            s.head = 0
+        }
+        return item
+    }
+}
