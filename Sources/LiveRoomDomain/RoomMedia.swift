@@ -201,10 +201,13 @@ extension RoomActor {
     public func flushStats() async throws {
         guard statsLoaded else { return }
         let now = clock.nowMs()
+        var anyOnline = false
         for (id, v) in viewers where v.online {
             viewers[id]?.lastSeenMs = now
-            dirtyViewers.insert(id)
+            anyOnline = true
         }
+        // One statement checkpoints everyone online; only changed viewers are written in full.
+        if anyOnline { try await store.touchOnlineViewers(roomId: id, atMs: now) }
         guard !dirtyViewers.isEmpty || peakDirty else { return }
         let batch = dirtyViewers.compactMap { viewers[$0] }
         dirtyViewers.removeAll()

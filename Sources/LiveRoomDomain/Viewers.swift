@@ -52,6 +52,8 @@ public struct ViewerRecord: Sendable, Equatable {
 /// Where viewer statistics are kept.
 public protocol ViewerStore: Sendable {
     func saveViewers(roomId: String, peakConcurrent: Int64, _ viewers: [ViewerRecord]) async throws
+    /// Marks every viewer online in the room as seen at `atMs` (the crash close-out point).
+    func touchOnlineViewers(roomId: String, atMs: Int64) async throws
     func loadViewers(roomId: String) async throws -> (peakConcurrent: Int64, viewers: [ViewerRecord])
     /// After a crash: ends every session still marked online at its last known moment.
     func closeOutOnlineViewers() async throws -> Int

@@ -126,6 +126,12 @@ public final class SQLiteStore: RoomStore, ViewerStore, Sendable {
         }
     }
 
+    public func touchOnlineViewers(roomId: String, atMs: Int64) async throws {
+        try await write("checkpoint viewers of \(roomId)") { db in
+            try db.execute(sql: "UPDATE viewers SET last_seen_ms = ? WHERE room_id = ? AND online = 1", arguments: [atMs, roomId])
+        }
+    }
+
     public func loadViewers(roomId: String) async throws -> (peakConcurrent: Int64, viewers: [ViewerRecord]) {
         try await read { db in
             let peak = try Int64.fetchOne(db, sql: "SELECT peak_concurrent FROM rooms WHERE id = ?", arguments: [roomId]) ?? 0

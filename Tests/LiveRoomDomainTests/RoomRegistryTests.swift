@@ -21,6 +21,13 @@ final class MemoryStore: RoomStore, ViewerStore {
 
     func closeOutOnlineViewers() async throws -> Int { 0 }
 
+    func touchOnlineViewers(roomId: String, atMs: Int64) async throws {
+        try check()
+        viewerRows.withLock { rows in
+            for (id, v) in rows[roomId] ?? [:] where v.online { rows[roomId]?[id]?.lastSeenMs = atMs }
+        }
+    }
+
     let rooms = Mutex<[String: RoomRecord]>([:])
     let failWrites = Mutex(false)
     let history = Mutex<[(String, RoomStatus, String)]>([])
