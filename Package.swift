@@ -104,6 +104,7 @@ let package = Package(
         ]),
         // Start real liveroomd processes: the executables are dependencies so `swift test` builds them.
         .testTarget(name: "LiveRoomDomainTests", dependencies: ["LiveRoomDomain"]),
+        .testTarget(name: "LiveRoomClientTests", dependencies: ["LiveRoomClient"]),
         .testTarget(name: "LiveRoomStoreTests", dependencies: ["LiveRoomStore", "LiveRoomDomain"]),
         .testTarget(name: "IntegrationTests", dependencies: [
             "LiveRoomTesting", "LiveRoomClient", "liveroomd", "liveroomctl", "liveroom-platform-sim",
