@@ -5,7 +5,7 @@ import LiveRoomMessages
 public actor RoomActor {
     public nonisolated let id: String
     var record: RoomRecord
-    let store: RoomStore & ViewerStore
+    let store: RoomStore & ViewerStore & AudienceStore
     let platform: PlatformSettings
     let connector: PlatformClient?
     let clock: WallClock
@@ -29,7 +29,12 @@ public actor RoomActor {
     var dirtyViewers: Set<String> = []
     var peakDirty = false
 
-    init(record: RoomRecord, store: RoomStore & ViewerStore, platform: PlatformSettings, connector: PlatformClient?,
+    // Platform audience, rebuilt from stored reports on first use.
+    var audience = AudienceAggregate()
+    var audienceLoaded = false
+    var audienceStore: AudienceStore { store }
+
+    init(record: RoomRecord, store: RoomStore & ViewerStore & AudienceStore, platform: PlatformSettings, connector: PlatformClient?,
          clock: WallClock, media: MediaSettings) {
         self.id = record.id
         self.record = record

@@ -3,7 +3,7 @@ import LiveRoomMessages
 /// Finds each room's actor by id (reviving it from the store), creates rooms on the chosen
 /// platform, and lists rooms.
 public actor RoomRegistry {
-    private let store: RoomStore & ViewerStore
+    private let store: RoomStore & ViewerStore & AudienceStore
     private let media: MediaSettings
     private let platforms: [String: PlatformSettings]
     private let connectors: [String: PlatformClient]
@@ -13,7 +13,7 @@ public actor RoomRegistry {
     /// Creates in progress by request id, so that concurrent duplicates get the same room.
     private var creating: [String: Task<(room: RoomRecord, created: Bool), Error>] = [:]
 
-    public init(store: RoomStore & ViewerStore, platforms: [PlatformSettings], connectors: [String: PlatformClient],
+    public init(store: RoomStore & ViewerStore & AudienceStore, platforms: [PlatformSettings], connectors: [String: PlatformClient],
                 builtin: BuiltinEndpoints, clock: WallClock, media: MediaSettings = MediaSettings()) {
         var all = Dictionary(platforms.map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a })
         if all[PlatformSettings.builtinID] == nil {
@@ -98,6 +98,7 @@ public actor RoomRegistry {
             ask.kind = request.kind
             ask.ownerId = request.ownerId
             ask.requestId = request.requestId
+            ask.roomId = id
             let made: CreatePlatformRoomResponse
             do {
                 made = try await connector.createRoom(ask)

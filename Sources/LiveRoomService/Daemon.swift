@@ -44,6 +44,7 @@ public final class Daemon: Service, Sendable {
         RoomServiceHandlers.register(rooms, in: &registry)
         MediaServiceHandlers.register(rooms, in: &registry)
         AudienceServiceHandlers.register(rooms, in: &registry)
+        ReportAudienceHandler.register(rooms, AudienceIngestor(store: store, clock: clock), platforms: configuration.platforms, in: &registry)
         if configuration.enableTestService {
             InteropService.register(in: &registry)
             TestControlHandlers.register(clock, in: &registry)
@@ -111,7 +112,10 @@ struct TCPAuthenticator: Sendable {
     let token: String?
 
     func check(_ context: CallContext) -> RPCStatus? {
-        guard context.transport == .tcp, !context.path.hasPrefix("/\(Health.name)/") else { return nil }
+        // Health is open; ReportAudience authenticates connectors with their platform's token.
+        guard context.transport == .tcp, !context.path.hasPrefix("/\(Health.name)/"),
+            context.path != AudienceService.reportAudience.info.path
+        else { return nil }
         guard let token else {
             return RPCStatus(.unauthenticated, "calls over TCP are disabled: the daemon has no tcp_token configured")
         }

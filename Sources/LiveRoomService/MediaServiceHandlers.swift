@@ -101,9 +101,14 @@ public enum AudienceServiceHandlers {
                 var r = GetRoomStatsResponse()
                 r.roomId = request.roomId
                 let viewers = try await room.viewerStats()
+                let audience = try await room.audienceStats()
                 r.viewers = viewers
-                r.combinedReach = viewers.distinctViewers
-                r.combinedOnline = viewers.onlineNow
+                r.platforms = audience.platforms.values.sorted { $0.platformId < $1.platformId }
+                let all = audience.allPlatforms
+                r.allPlatforms = all
+                r.combinedReach = viewers.distinctViewers + all.newViewers
+                r.combinedOnline = viewers.onlineNow + all.viewersOnline
+                r.minutes = audience.minutes.values.sorted { ($0.minuteStartMs, $0.platformId) < ($1.minuteStartMs, $1.platformId) }
                 return r
             }
         }

@@ -10,7 +10,7 @@ import LiveRoomMessages
 /// Stream keys are encrypted at rest with AES-GCM (bound to their room id) under a master key
 /// kept beside the database in `master.key` (mode 0600). Keys must be readable again because
 /// the API shows the current key, as an admin list does; hashing would lose that.
-public final class SQLiteStore: RoomStore, ViewerStore, Sendable {
+public final class SQLiteStore: RoomStore, ViewerStore, AudienceStore, Sendable {
     let pool: DatabasePool
     /// The master key's bytes (SymmetricKey itself is not Sendable).
     private let masterKeyBytes: Data
@@ -105,7 +105,66 @@ public final class SQLiteStore: RoomStore, ViewerStore, Sendable {
                 ALTER TABLE rooms ADD COLUMN peak_concurrent INTEGER NOT NULL DEFAULT 0;
                 """)
         }
+        m.registerMigration("v3: platform audience reports") { db in
+            try db.execute(sql: """
+                CREATE TABLE audience_reports (
+                    platform_id TEXT NOT NULL,
+                    connector_id TEXT NOT NULL,
+                    sequence INTEGER NOT NULL,
+                    room_id TEXT NOT NULL REFERENCES rooms(id) ON DELETE CASCADE,
+                    received_at_ms INTEGER NOT NULL,
+                    report BLOB NOT NULL,
+                    PRIMARY KEY (platform_id, connector_id, sequence)
+                ) WITHOUT ROWID;
+                CREATE INDEX audience_reports_by_room ON audience_reports(room_id);
+                """)
+        }
         return m
+    }
+
+    // MARK: AudienceStore
+
+    public func insertReports(_ reports: [StoredReport]) async throws -> [Bool] {
+        let encoded = try reports.map { r -> (StoredReport, Data) in (r, Data(try r.report.serializedBytes())) }
+        do {
+            return try await pool.write { db in
+                let statement = try db.cachedStatement(sql: """
+                    INSERT OR IGNORE INTO audience_reports (platform_id, connector_id, sequence, room_id, received_at_ms, report)
+                    VALUES (?, ?, ?, ?, ?, ?)
+                    """)
+                var inserted: [Bool] = []
+                inserted.reserveCapacity(encoded.count)
+                for (r, blob) in encoded {
+                    try statement.execute(arguments: [r.platformId, r.connectorId, Int64(bitPattern: r.sequence), r.roomId, r.receivedAtMs, blob])
+                    inserted.append(db.changesCount > 0)
+                }
+                return inserted
+            }
+        } catch let error as DatabaseError {
+            throw Self.translate(error, "store audience reports")
+        }
+    }
+
+    public func loadReports(roomId: String) async throws -> [StoredReport] {
+        try await read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM audience_reports WHERE room_id = ? ORDER BY received_at_ms", arguments: [roomId]).map { row in
+                let blob: Data = row["report"]
+                return StoredReport(platformId: row["platform_id"], connectorId: row["connector_id"],
+                                    sequence: UInt64(bitPattern: row["sequence"]), roomId: row["room_id"],
+                                    receivedAtMs: row["received_at_ms"], report: try AudienceReport(serializedBytes: [UInt8](blob)))
+            }
+        }
+    }
+
+    public func sequences(platformId: String, connectorId: String, from: UInt64) async throws -> (seen: Set<UInt64>, highest: UInt64?) {
+        try await read { db in
+            let rows = try Int64.fetchAll(db, sql: """
+                SELECT sequence FROM audience_reports WHERE platform_id = ? AND connector_id = ? AND sequence >= ?
+                """, arguments: [platformId, connectorId, Int64(bitPattern: from)])
+            let highest = try Int64.fetchOne(db, sql: "SELECT max(sequence) FROM audience_reports WHERE platform_id = ? AND connector_id = ?",
+                                             arguments: [platformId, connectorId])
+            return (Set(rows.map { UInt64(bitPattern: $0) }), highest.map { UInt64(bitPattern: $0) })
+        }
     }
 
     // MARK: ViewerStore

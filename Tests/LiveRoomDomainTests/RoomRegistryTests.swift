@@ -5,7 +5,30 @@ import XCTest
 @testable import LiveRoomDomain
 
 /// An in-memory store that can be told to fail writes.
-final class MemoryStore: RoomStore, ViewerStore {
+final class MemoryStore: RoomStore, ViewerStore, AudienceStore {
+    let reports = Mutex<[String: StoredReport]>([:])
+
+    func insertReports(_ batch: [StoredReport]) async throws -> [Bool] {
+        try check()
+        return reports.withLock { all in
+            batch.map { r in
+                let key = "\(r.platformId)/\(r.connectorId)/\(r.sequence)"
+                guard all[key] == nil else { return false }
+                all[key] = r
+                return true
+            }
+        }
+    }
+
+    func loadReports(roomId: String) async throws -> [StoredReport] {
+        reports.withLock { $0.values.filter { $0.roomId == roomId }.sorted { $0.receivedAtMs < $1.receivedAtMs } }
+    }
+
+    func sequences(platformId: String, connectorId: String, from: UInt64) async throws -> (seen: Set<UInt64>, highest: UInt64?) {
+        let mine = reports.withLock { $0.values.filter { $0.platformId == platformId && $0.connectorId == connectorId }.map(\.sequence) }
+        return (Set(mine.filter { $0 >= from }), mine.max())
+    }
+
     let viewerRows = Mutex<[String: [String: ViewerRecord]]>([:])
     let peaks = Mutex<[String: Int64]>([:])
 

@@ -10,6 +10,7 @@ public struct CreatePlatformRoomRequest: ProtoMessage {
     public var kind: RoomKind = RoomKind(rawValue: 0)
     public var ownerId: String = ""
     public var requestId: String = ""
+    public var roomId: String = ""
 
     public static let protoDescriptor = LiveRoomDescriptors.message("liveroom.v1.CreatePlatformRoomRequest")
 
@@ -20,6 +21,7 @@ public struct CreatePlatformRoomRequest: ProtoMessage {
         self.kind = RoomKind(rawValue: r.int32(1))
         self.ownerId = try r.string(2)
         self.requestId = try r.string(3)
+        self.roomId = try r.string(4)
     }
 
     public func write(to w: inout ProtoWriter) throws {
@@ -27,6 +29,7 @@ public struct CreatePlatformRoomRequest: ProtoMessage {
         if kind.rawValue != 0 { w.int32(1, kind.rawValue) }
         if !ownerId.isEmpty { try w.string(2, ownerId) }
         if !requestId.isEmpty { try w.string(3, requestId) }
+        if !roomId.isEmpty { try w.string(4, roomId) }
     }
 }
 

@@ -367,7 +367,7 @@ void   liveroom__v1__close_platform_room_response__free_unpacked
   assert(message->base.descriptor == &liveroom__v1__close_platform_room_response__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
-static const ProtobufCFieldDescriptor liveroom__v1__create_platform_room_request__field_descriptors[4] =
+static const ProtobufCFieldDescriptor liveroom__v1__create_platform_room_request__field_descriptors[5] =
 {
   {
     "title",
@@ -417,17 +417,30 @@ static const ProtobufCFieldDescriptor liveroom__v1__create_platform_room_request
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "room_id",
+    5,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Liveroom__V1__CreatePlatformRoomRequest, room_id),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned liveroom__v1__create_platform_room_request__field_indices_by_name[] = {
   1,   /* field[1] = kind */
   2,   /* field[2] = owner_id */
   3,   /* field[3] = request_id */
+  4,   /* field[4] = room_id */
   0,   /* field[0] = title */
 };
 static const ProtobufCIntRange liveroom__v1__create_platform_room_request__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 4 }
+  { 0, 5 }
 };
 const ProtobufCMessageDescriptor liveroom__v1__create_platform_room_request__descriptor =
 {
@@ -437,7 +450,7 @@ const ProtobufCMessageDescriptor liveroom__v1__create_platform_room_request__des
   "Liveroom__V1__CreatePlatformRoomRequest",
   "liveroom.v1",
   sizeof(Liveroom__V1__CreatePlatformRoomRequest),
-  4,
+  5,
   liveroom__v1__create_platform_room_request__field_descriptors,
   liveroom__v1__create_platform_room_request__field_indices_by_name,
   1,  liveroom__v1__create_platform_room_request__number_ranges,

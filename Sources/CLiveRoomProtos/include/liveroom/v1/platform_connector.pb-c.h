@@ -41,10 +41,14 @@ struct  Liveroom__V1__CreatePlatformRoomRequest
    * the connector must return the same room for the same id
    */
   char *request_id;
+  /*
+   * our room id: ReportAudience reports name it
+   */
+  char *room_id;
 };
 #define LIVEROOM__V1__CREATE_PLATFORM_ROOM_REQUEST__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&liveroom__v1__create_platform_room_request__descriptor) \
-    , (char *)protobuf_c_empty_string, LIVEROOM__V1__ROOM_KIND__ROOM_KIND_UNSPECIFIED, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string }
+    , (char *)protobuf_c_empty_string, LIVEROOM__V1__ROOM_KIND__ROOM_KIND_UNSPECIFIED, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string }
 
 
 struct  Liveroom__V1__CreatePlatformRoomResponse

@@ -1,0 +1,143 @@
+import LiveRoomMessages
+
+/// Takes connector reports, stores them in batches (one transaction for many reports) and
+/// acknowledges each only once it is durable. Duplicates, recognised by
+/// (platform, connector, sequence), are acknowledged as such and counted once, so a connector
+/// that resends everything unacknowledged after a reconnect gets exact statistics.
+public actor AudienceIngestor {
+    /// Sequences this far below a connector's highest cannot be told from duplicates anymore.
+    public static let window: UInt64 = 1_000_000
+
+    struct Connector {
+        var seen: Set<UInt64>
+        var highest: UInt64
+    }
+
+    struct Pending {
+        var report: StoredReport
+        var room: RoomActor
+        var done: @Sendable (AudienceAck) -> Void
+    }
+
+    private let store: AudienceStore
+    private let clock: WallClock
+    private let maxBatch: Int
+    private var connectors: [String: Connector] = [:]
+    private var pending: [Pending] = []
+    private var flushScheduled = false
+
+    public init(store: AudienceStore, clock: WallClock, maxBatch: Int = 4096) {
+        self.store = store
+        self.clock = clock
+        self.maxBatch = maxBatch
+    }
+
+    /// Queues a validated report; `done` gets its acknowledgement when it is durable (or why not).
+    public func submit(platformId: String, _ report: AudienceReport, room: RoomActor, done: @escaping @Sendable (AudienceAck) -> Void) async {
+        let key = "\(platformId)/\(report.connectorId)"
+        var c: Connector
+        if let known = connectors[key] {
+            c = known
+        } else {
+            do {
+                let loaded = try await store.sequences(platformId: platformId, connectorId: report.connectorId,
+                                                       from: report.sequence > Self.window ? report.sequence - Self.window : 0)
+                c = connectors[key] ?? Connector(seen: loaded.seen, highest: loaded.highest ?? 0)
+            } catch {
+                done(Self.ack(report.sequence, .unavailable, "\(error)"))
+                return
+            }
+        }
+        let seq = report.sequence
+        if c.highest > Self.window && seq < c.highest - Self.window {
+            done(Self.ack(seq, .invalidArgument,
+                "sequence \(seq) is more than \(Self.window) behind the highest (\(c.highest)): it cannot be told from a duplicate"))
+            return
+        }
+        if c.seen.contains(seq) {
+            var a = Self.ok(seq, "already counted")
+            a.duplicate = true
+            done(a)
+            return
+        }
+        c.seen.insert(seq)
+        c.highest = max(c.highest, seq)
+        if c.seen.count > Int(Self.window) * 2 {
+            let floor = c.highest - Self.window
+            c.seen = c.seen.filter { $0 >= floor }
+        }
+        connectors[key] = c
+        let stored = StoredReport(platformId: platformId, connectorId: report.connectorId, sequence: seq, roomId: report.roomId,
+                                  receivedAtMs: clock.nowMs(), report: report)
+        pending.append(Pending(report: stored, room: room, done: done))
+        if pending.count >= maxBatch {
+            await flush()
+        } else if !flushScheduled {
+            flushScheduled = true
+            Task {
+                try? await Task.sleep(for: .milliseconds(2))
+                await self.flush()
+            }
+        }
+    }
+
+    /// Writes what is queued in one transaction, then acknowledges it.
+    public func flush() async {
+        flushScheduled = false
+        guard !pending.isEmpty else { return }
+        let batch = pending
+        pending = []
+        do {
+            let inserted = try await store.insertReports(batch.map(\.report))
+            var byRoom: [ObjectIdentifier: (RoomActor, [StoredReport])] = [:]
+            for (p, new) in zip(batch, inserted) where new {
+                byRoom[ObjectIdentifier(p.room), default: (p.room, [])].1.append(p.report)
+            }
+            for (room, reports) in byRoom.values { await room.applyAudience(reports) }
+            for (p, new) in zip(batch, inserted) {
+                var a = Self.ok(p.report.sequence, new ? "" : "already counted")
+                a.duplicate = !new
+                p.done(a)
+            }
+        } catch {
+            // Not stored: forget the sequences so a resend is taken.
+            for p in batch {
+                connectors["\(p.report.platformId)/\(p.report.connectorId)"]?.seen.remove(p.report.sequence)
+                p.done(Self.ack(p.report.sequence, .unavailable, (error as? RoomError)?.message ?? "\(error)"))
+            }
+        }
+    }
+
+    /// An acknowledgement that the report is counted (code 0).
+    static func ok(_ sequence: UInt64, _ message: String) -> AudienceAck {
+        var a = AudienceAck()
+        a.sequence = sequence
+        a.message = message
+        return a
+    }
+
+    /// A refusal of one report, with the status code it would have as a call.
+    public static func ack(_ sequence: UInt64, _ code: RoomError.Code, _ message: String) -> AudienceAck {
+        var a = AudienceAck()
+        a.sequence = sequence
+        a.code = statusNumber(code)
+        a.message = message
+        return a
+    }
+
+    /// gRPC status numbers, for acks (which carry a code per report).
+    public static func statusNumber(_ code: RoomError.Code) -> Int32 {
+        switch code {
+        case .invalidArgument: return 3
+        case .deadlineExceeded: return 4
+        case .notFound: return 5
+        case .alreadyExists: return 6
+        case .permissionDenied: return 7
+        case .resourceExhausted: return 8
+        case .failedPrecondition: return 9
+        case .aborted: return 10
+        case .internal: return 13
+        case .unavailable: return 14
+        }
+    }
+}

@@ -1,0 +1,107 @@
+import LiveRoomDomain
+import LiveRoomMessages
+import LiveRoomRPC
+import Synchronization
+
+/// `liveroom.v1.AudienceService/ReportAudience`: connectors stream reports, get an
+/// acknowledgement per report once it is durable.
+enum ReportAudienceHandler {
+    static func register(_ registry: RoomRegistry, _ ingestor: AudienceIngestor, platforms: [PlatformSettings],
+                         in services: inout ServiceRegistry) {
+        let tokens = platforms.filter { !$0.token.isEmpty }.map { ($0.id, "Bearer \($0.token)") }
+        services.bidirectional(AudienceService.reportAudience) { requests, sender, context in
+            // The platform is whichever one's connector token was presented.
+            guard let presented = context.metadata["authorization"],
+                let platformId = tokens.first(where: { StreamKey.equal(presented, $0.1) })?.0
+            else {
+                throw RPCStatus(.unauthenticated, "ReportAudience needs metadata \"authorization: Bearer <the platform's connector token>\"")
+            }
+            let (acks, continuation) = AsyncStream<AudienceAck>.makeStream()
+            let tracker = AckTracker(continuation)
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    for await ack in acks { try await sender.send(ack) }
+                }
+                var rooms: [String: (RoomActor, String)] = [:]
+                for try await report in requests {
+                    tracker.expect()
+                    if let problem = validate(report) {
+                        tracker.ack(AudienceIngestor.ack(report.sequence, .invalidArgument, problem))
+                        continue
+                    }
+                    let room: (RoomActor, String)
+                    if let cached = rooms[report.roomId] {
+                        room = cached
+                    } else {
+                        do {
+                            let actor = try await registry.room(report.roomId)
+                            room = (actor, await actor.snapshot().platformId)
+                            rooms[report.roomId] = room
+                        } catch let e as RoomError {
+                            tracker.ack(AudienceIngestor.ack(report.sequence, e.code, e.message))
+                            continue
+                        }
+                    }
+                    guard room.1 == platformId else {
+                        tracker.ack(AudienceIngestor.ack(report.sequence, .permissionDenied,
+                            "room \(report.roomId) is on platform \(room.1); connector of \(platformId) may not report for it"))
+                        continue
+                    }
+                    await ingestor.submit(platformId: platformId, report, room: room.0) { tracker.ack($0) }
+                }
+                tracker.inputEnded()
+                try await group.waitForAll()
+            }
+            context.logger.debug("audience stream ended", metadata: ["platform": "\(platformId)"])
+        }
+    }
+
+    /// Why a report makes no sense, or nil.
+    static func validate(_ r: AudienceReport) -> String? {
+        if r.connectorId.isEmpty { return "connector_id is required" }
+        if r.sequence == 0 { return "sequence starts at 1" }
+        if r.roomId.isEmpty { return "room_id is required" }
+        let counts = [("viewers_online", r.viewersOnline), ("new_viewers", r.newViewers), ("comments", r.comments), ("likes", r.likes),
+                      ("interactions", r.interactions), ("gifts", r.gifts), ("items_sold", r.itemsSold)]
+        if let negative = counts.first(where: { $0.1 < 0 }) { return "\(negative.0) must not be negative, got \(negative.1)" }
+        if let s = r.sales {
+            if s.minorUnits < 0 { return "sales must not be negative" }
+            if s.minorUnits > 0 && (s.currency.count != 3 || !s.currency.allSatisfy(\.isUppercase)) {
+                return "sales.currency must be an ISO 4217 code like CNY, got \"\(s.currency)\""
+            }
+        }
+        return nil
+    }
+}
+
+/// Ends the ack stream once the input has ended and every report has its acknowledgement.
+final class AckTracker: Sendable {
+    private struct State {
+        var outstanding = 0
+        var inputDone = false
+    }
+
+    private let state = Mutex(State())
+    private let continuation: AsyncStream<AudienceAck>.Continuation
+
+    init(_ continuation: AsyncStream<AudienceAck>.Continuation) { self.continuation = continuation }
+
+    func expect() { state.withLock { $0.outstanding += 1 } }
+
+    func ack(_ a: AudienceAck) {
+        continuation.yield(a)
+        let finished = state.withLock { s -> Bool in
+            s.outstanding -= 1
+            return s.inputDone && s.outstanding == 0
+        }
+        if finished { continuation.finish() }
+    }
+
+    func inputEnded() {
+        let finished = state.withLock { s -> Bool in
+            s.inputDone = true
+            return s.outstanding == 0
+        }
+        if finished { continuation.finish() }
+    }
+}

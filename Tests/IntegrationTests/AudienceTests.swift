@@ -1,0 +1,192 @@
+import Foundation
+import LiveRoomMessages
+import LiveRoomRPC
+import LiveRoomTesting
+import NIOCore
+import XCTest
+
+/// Connectors reporting their platform's audience to a real daemon.
+final class AudienceTests: XCTestCase {
+    var dir: URL!
+    var config: URL!
+
+    override func setUp() {
+        dir = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("aud-\(UUID().uuidString.prefix(8))")
+        config = dir.appendingPathComponent("d.conf")
+    }
+
+    func start() async throws -> (DaemonProcess, [PlatformSimProcess]) {
+        let sims = [try await PlatformSimProcess(name: "douyin", directory: dir), try await PlatformSimProcess(name: "kuaishou", directory: dir)]
+        try sims.map { $0.configSection() }.joined().write(to: config, atomically: true, encoding: .utf8)
+        return (try await DaemonProcess(arguments: ["--config", config.path], directory: dir), sims)
+    }
+
+    func connector(_ d: DaemonProcess, _ sim: PlatformSimProcess?) async throws -> RPCClient {
+        var c = ClientConfiguration()
+        if let sim { c.defaultMetadata.add("authorization", "Bearer \(sim.token)") }
+        return try await RPCClient.connect(to: d.unixEndpoint, configuration: c)
+    }
+
+    func report(_ room: String, _ seq: UInt64, connector: String = "c1", online: Int64 = 10, comments: Int64 = 1, sales: Int64 = 100) -> AudienceReport {
+        var r = AudienceReport()
+        r.connectorId = connector
+        r.sequence = seq
+        r.roomId = room
+        r.viewersOnline = online
+        r.newViewers = 2
+        r.comments = comments
+        r.likes = 3
+        r.interactions = 4
+        r.gifts = 1
+        r.itemsSold = 1
+        var m = Money()
+        m.minorUnits = sales
+        m.currency = "CNY"
+        r.sales = m
+        return r
+    }
+
+    /// Sends reports on one stream; returns the acks by sequence.
+    func send(_ client: RPCClient, _ reports: [AudienceReport]) async throws -> [UInt64: AudienceAck] {
+        let call = try await client.streaming(AudienceService.reportAudience)
+        for r in reports { try await call.send(r) }
+        call.halfClose()
+        var acks: [UInt64: AudienceAck] = [:]
+        var count = 0
+        for try await a in call.responses {
+            acks[a.sequence] = a
+            count += 1
+        }
+        XCTAssertEqual(count, reports.count, "one ack per report")
+        return acks
+    }
+
+    func stats(_ client: RPCClient, _ room: String) async throws -> GetRoomStatsResponse {
+        var r = GetRoomStatsRequest()
+        r.roomId = room
+        return try await client.unary(AudienceService.getRoomStats, r)
+    }
+
+    func makeRoom(_ client: RPCClient, _ platform: String) async throws -> String {
+        var r = CreateRoomRequest()
+        r.platformId = platform
+        r.title = "Audience"
+        return try await client.unary(RoomService.createRoom, r).room!.roomId
+    }
+
+    func testExactCountsUnderResendsDuplicatesAndKill9() async throws {
+        let (d, sims) = try await start()
+        let admin = try await d.connect(.unix)
+        let room = try await makeRoom(admin, "douyin")
+        let douyin = try await connector(d, sims[0])
+        let first = try await send(douyin, (1...60).map { report(room, $0, online: Int64($0)) })
+        XCTAssertTrue(first.values.allSatisfy { $0.code == 0 && !$0.duplicate })
+        // A reconnecting connector resends 41...60 and continues to 100.
+        let second = try await send(douyin, (41...100).map { report(room, $0, online: Int64($0)) })
+        XCTAssertEqual(second.values.filter(\.duplicate).count, 20)
+        XCTAssertTrue(second.values.allSatisfy { $0.code == 0 })
+        // The same sequence twice in one stream counts once.
+        let again = try await send(douyin, [report(room, 101), report(room, 101)])
+        XCTAssertEqual(again[101]?.code, 0)
+
+        var s = try await stats(admin, room)
+        let p = try XCTUnwrap(s.platforms.first)
+        XCTAssertEqual(p.platformId, "douyin")
+        XCTAssertEqual(p.reports, 101)
+        XCTAssertEqual(p.comments, 101)
+        XCTAssertEqual(p.newViewers, 202)
+        XCTAssertEqual(p.likes, 303)
+        XCTAssertEqual(p.interactions, 404)
+        XCTAssertEqual(p.gifts, 101)
+        XCTAssertEqual(p.itemsSold, 101)
+        XCTAssertEqual(p.sales?.minorUnits, 10_100)
+        XCTAssertEqual(p.sales?.currency, "CNY")
+        XCTAssertEqual(p.peakViewersOnline, 100)
+        XCTAssertEqual(s.allPlatforms?.comments, 101)
+        XCTAssertEqual(s.combinedReach, 202, "platform new viewers plus our distinct viewers (none)")
+
+        // kill -9 after the acks: nothing acknowledged is lost.
+        d.signal(SIGKILL)
+        try await d.waitForExit()
+        await admin.close()
+        await douyin.close()
+        let restarted = try await DaemonProcess(arguments: ["--config", config.path], directory: dir)
+        let admin2 = try await restarted.connect(.unix)
+        s = try await stats(admin2, room)
+        XCTAssertEqual(s.platforms.first?.reports, 101)
+        XCTAssertEqual(s.platforms.first?.comments, 101)
+        XCTAssertEqual(s.platforms.first?.sales?.minorUnits, 10_100)
+        // And duplicates are still recognised after the restart.
+        let douyin2 = try await connector(restarted, sims[0])
+        let late = try await send(douyin2, [report(room, 100), report(room, 102)])
+        XCTAssertEqual(late[100]?.duplicate, true)
+        XCTAssertEqual(late[102]?.duplicate, false)
+        await douyin2.close()
+        await admin2.close()
+        try await restarted.stop()
+        sims.forEach { $0.stop() }
+    }
+
+    func testIdentityUnknownRoomsAndBadReports() async throws {
+        let (d, sims) = try await start()
+        let admin = try await d.connect(.unix)
+        let room = try await makeRoom(admin, "douyin")
+        let own = try await makeRoom(admin, "self")
+        let kuaishou = try await connector(d, sims[1])
+        let acks = try await send(kuaishou, [report(room, 1), report("rm_missing", 2), report(own, 3)])
+        XCTAssertEqual(acks[1]?.code, RPCStatus.Code.permissionDenied.rawValue)
+        XCTAssertEqual(acks[2]?.code, RPCStatus.Code.notFound.rawValue)
+        XCTAssertEqual(acks[3]?.code, RPCStatus.Code.permissionDenied.rawValue)
+
+        let douyin = try await connector(d, sims[0])
+        var negative = report(room, 1)
+        negative.comments = -5
+        var badCurrency = report(room, 2)
+        badCurrency.sales?.currency = "yuan"
+        let mixed = try await send(douyin, [negative, badCurrency, report(room, 3), report(room, 0)])
+        XCTAssertEqual(mixed[1]?.code, RPCStatus.Code.invalidArgument.rawValue)
+        XCTAssertTrue(mixed[1]?.message.contains("comments must not be negative") ?? false)
+        XCTAssertEqual(mixed[2]?.code, RPCStatus.Code.invalidArgument.rawValue)
+        XCTAssertEqual(mixed[3]?.code, 0, "the stream goes on after refused reports")
+        XCTAssertEqual(mixed[0]?.code, RPCStatus.Code.invalidArgument.rawValue)
+        let s = try await stats(admin, room)
+        XCTAssertEqual(s.platforms.first?.reports, 1, "refused reports change nothing")
+        XCTAssertEqual(s.platforms.first?.comments, 1)
+
+        let anonymous = try await connector(d, nil)
+        let call = try await anonymous.streaming(AudienceService.reportAudience)
+        try? await call.send(report(room, 9))
+        call.halfClose()
+        let outcome = try await call.outcome
+        XCTAssertEqual(outcome.status.code, .unauthenticated)
+        for c in [admin, kuaishou, douyin, anonymous] { await c.close() }
+        try await d.stop()
+        sims.forEach { $0.stop() }
+    }
+
+    func testPerMinuteBucketsAcrossAMinuteBoundary() async throws {
+        let (d, sims) = try await start()
+        let admin = try await d.connect(.unix)
+        let room = try await makeRoom(admin, "douyin")
+        let douyin = try await connector(d, sims[0])
+        var advance = AdvanceClockRequest()
+        advance.byMs = 0
+        let now = try await admin.unary(TestControl.advanceClock, advance).nowMs
+        // Move to 1 s before a minute boundary.
+        advance.byMs = (60_000 - now % 60_000) - 1000
+        _ = try await admin.unary(TestControl.advanceClock, advance)
+        _ = try await send(douyin, [report(room, 1, online: 5, comments: 2), report(room, 2, online: 7, comments: 3)])
+        advance.byMs = 2000
+        _ = try await admin.unary(TestControl.advanceClock, advance)
+        _ = try await send(douyin, [report(room, 3, online: 9, comments: 10)])
+        let minutes = try await stats(admin, room).minutes
+        XCTAssertEqual(minutes.count, 2)
+        XCTAssertEqual(minutes.map(\.comments), [5, 10])
+        XCTAssertEqual(minutes.map(\.viewersOnline), [7, 9])
+        XCTAssertEqual(minutes[1].minuteStartMs - minutes[0].minuteStartMs, 60_000)
+        await douyin.close()
+        await admin.close()
+        try await d.stop()
+        sims.forEach { $0.stop() }
+    }
+}
