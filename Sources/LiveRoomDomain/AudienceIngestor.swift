@@ -35,38 +35,32 @@ public actor AudienceIngestor {
     /// Queues a validated report; `done` gets its acknowledgement when it is durable (or why not).
     public func submit(platformId: String, _ report: AudienceReport, room: RoomActor, done: @escaping @Sendable (AudienceAck) -> Void) async {
         let key = "\(platformId)/\(report.connectorId)"
-        var c: Connector
-        if let known = connectors[key] {
-            c = known
-        } else {
+        if connectors[key] == nil {
             do {
                 let loaded = try await store.sequences(platformId: platformId, connectorId: report.connectorId,
                                                        from: report.sequence > Self.window ? report.sequence - Self.window : 0)
-                c = connectors[key] ?? Connector(seen: loaded.seen, highest: loaded.highest ?? 0)
+                if connectors[key] == nil { connectors[key] = Connector(seen: loaded.seen, highest: loaded.highest ?? 0) }
             } catch {
                 done(Self.ack(report.sequence, .unavailable, "\(error)"))
                 return
             }
         }
         let seq = report.sequence
-        if c.highest > Self.window && seq < c.highest - Self.window {
+        // Mutated in place through the dictionary: copying the set would cost O(n) per report.
+        let verdict = Self.admit(seq, into: &connectors[key]!)
+        switch verdict {
+        case .tooOld(let highest):
             done(Self.ack(seq, .invalidArgument,
-                "sequence \(seq) is more than \(Self.window) behind the highest (\(c.highest)): it cannot be told from a duplicate"))
+                "sequence \(seq) is more than \(Self.window) behind the highest (\(highest)): it cannot be told from a duplicate"))
             return
-        }
-        if c.seen.contains(seq) {
+        case .duplicate:
             var a = Self.ok(seq, "already counted")
             a.duplicate = true
             done(a)
             return
+        case .new:
+            break
         }
-        c.seen.insert(seq)
-        c.highest = max(c.highest, seq)
-        if c.seen.count > Int(Self.window) * 2 {
-            let floor = c.highest - Self.window
-            c.seen = c.seen.filter { $0 >= floor }
-        }
-        connectors[key] = c
         let stored = StoredReport(platformId: platformId, connectorId: report.connectorId, sequence: seq, roomId: report.roomId,
                                   receivedAtMs: clock.nowMs(), report: report)
         pending.append(Pending(report: stored, room: room, done: done))
@@ -79,6 +73,19 @@ public actor AudienceIngestor {
                 await self.flush()
             }
         }
+    }
+
+    enum Admission { case new, duplicate, tooOld(highest: UInt64) }
+
+    static func admit(_ seq: UInt64, into c: inout Connector) -> Admission {
+        if c.highest > window && seq < c.highest - window { return .tooOld(highest: c.highest) }
+        guard c.seen.insert(seq).inserted else { return .duplicate }
+        c.highest = max(c.highest, seq)
+        if c.seen.count > Int(window) * 2 {
+            let floor = c.highest - window
+            c.seen = c.seen.filter { $0 >= floor }
+        }
+        return .new
     }
 
     /// Writes what is queued in one transaction, then acknowledges it.

@@ -58,6 +58,11 @@ public struct ResponseSender<Element: ProtoMessage>: Sendable {
     public func send(_ message: Element) async throws {
         try await writer.send(try MessageCoding.encode(message))
     }
+
+    /// Sends several messages with one trip to the event loop.
+    public func send(contentsOf messages: [Element]) async throws {
+        try await writer.send(contentsOf: try messages.map { try MessageCoding.encode($0) })
+    }
 }
 
 extension ServiceRegistry {

@@ -14,4 +14,14 @@ public struct ResponseWriter: Sendable {
             connection.value.send(payload, on: id)
         }.get()
     }
+
+    /// Sends several messages with one trip to the event loop and one flush.
+    public func send(contentsOf payloads: [RPCPayload]) async throws {
+        guard !payloads.isEmpty else { return }
+        let connection = self.connection
+        let id = callID
+        try await connection.eventLoop.flatSubmit {
+            connection.value.send(contentsOf: payloads, on: id)
+        }.get()
+    }
 }

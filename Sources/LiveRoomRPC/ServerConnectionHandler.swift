@@ -305,6 +305,31 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         return promise.futureResult
     }
 
+    /// Queues every payload behind the call's flow-control window; the future completes when
+    /// the last one has been written.
+    func send(contentsOf payloads: [RPCPayload], on id: UInt32) -> EventLoopFuture<Void> {
+        guard let call = calls[id], !closed else {
+            return context.eventLoop.makeFailedFuture(RPCStatus(.cancelled, "the call has ended"))
+        }
+        if let big = payloads.first(where: { $0.wireLength > limits.maxFrameSize }) {
+            return context.eventLoop.makeFailedFuture(RPCStatus(.resourceExhausted,
+                "response message of \(big.wireLength) bytes exceeds the maximum frame size of \(limits.maxFrameSize) bytes"))
+        }
+        writeInitialMetadataIfNeeded(call)
+        var last: EventLoopFuture<Void> = context.eventLoop.makeSucceededVoidFuture()
+        var wrote = false
+        for payload in payloads {
+            let promise = context.eventLoop.makePromise(of: Void.self)
+            last = promise.futureResult
+            for w in call.send.enqueue(payload.frame(callID: id), promise) {
+                context.write(wrapOutboundOut(w.frame), promise: w.promise)
+                wrote = true
+            }
+        }
+        if wrote { context.flush() }
+        return last
+    }
+
     private func writeMessage(_ call: Call, _ payload: RPCPayload) {
         guard payload.wireLength <= limits.maxFrameSize else { return }
         writeInitialMetadataIfNeeded(call)

@@ -16,11 +16,11 @@ enum ReportAudienceHandler {
             else {
                 throw RPCStatus(.unauthenticated, "ReportAudience needs metadata \"authorization: Bearer <the platform's connector token>\"")
             }
-            let (acks, continuation) = AsyncStream<AudienceAck>.makeStream()
-            let tracker = AckTracker(continuation)
+            let tracker = AckTracker()
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask {
-                    for await ack in acks { try await sender.send(ack) }
+                    // Acks ready together go out together: one trip to the event loop, one write.
+                    while let batch = await tracker.nextBatch() { try await sender.send(contentsOf: batch) }
                 }
                 var rooms: [String: (RoomActor, String)] = [:]
                 for try await report in requests {
@@ -74,34 +74,55 @@ enum ReportAudienceHandler {
     }
 }
 
-/// Ends the ack stream once the input has ended and every report has its acknowledgement.
+/// Collects acknowledgements for the sender, and ends once the input has ended and every
+/// report has its acknowledgement.
 final class AckTracker: Sendable {
     private struct State {
         var outstanding = 0
         var inputDone = false
+        var ready: [AudienceAck] = []
+        var waiter: CheckedContinuation<[AudienceAck]?, Never>?
     }
 
     private let state = Mutex(State())
-    private let continuation: AsyncStream<AudienceAck>.Continuation
-
-    init(_ continuation: AsyncStream<AudienceAck>.Continuation) { self.continuation = continuation }
 
     func expect() { state.withLock { $0.outstanding += 1 } }
 
     func ack(_ a: AudienceAck) {
-        continuation.yield(a)
-        let finished = state.withLock { s -> Bool in
+        let wake = state.withLock { s -> (CheckedContinuation<[AudienceAck]?, Never>, [AudienceAck])? in
             s.outstanding -= 1
-            return s.inputDone && s.outstanding == 0
+            s.ready.append(a)
+            guard let w = s.waiter else { return nil }
+            s.waiter = nil
+            defer { s.ready = [] }
+            return (w, s.ready)
         }
-        if finished { continuation.finish() }
+        if let (w, batch) = wake { w.resume(returning: batch) }
     }
 
     func inputEnded() {
-        let finished = state.withLock { s -> Bool in
+        let wake = state.withLock { s -> CheckedContinuation<[AudienceAck]?, Never>? in
             s.inputDone = true
-            return s.outstanding == 0
+            guard s.outstanding == 0, s.ready.isEmpty, let w = s.waiter else { return nil }
+            s.waiter = nil
+            return w
         }
-        if finished { continuation.finish() }
+        wake?.resume(returning: nil)
+    }
+
+    /// Everything acknowledged since the last call; nil when all is done.
+    func nextBatch() async -> [AudienceAck]? {
+        await withCheckedContinuation { (c: CheckedContinuation<[AudienceAck]?, Never>) in
+            let now = state.withLock { s -> [AudienceAck]?? in
+                if !s.ready.isEmpty {
+                    defer { s.ready = [] }
+                    return .some(s.ready)
+                }
+                if s.inputDone && s.outstanding == 0 { return .some(nil) }
+                s.waiter = c
+                return nil
+            }
+            if let now { c.resume(returning: now) }
+        }
     }
 }
