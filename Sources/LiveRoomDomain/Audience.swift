@@ -51,19 +51,8 @@ public struct AudienceAggregate: Sendable {
             p.lastReportAtMs = at
         }
         p.peakViewersOnline = max(p.peakViewersOnline, r.report.viewersOnline)
-        p.newViewers += r.report.newViewers
-        p.comments += r.report.comments
-        p.likes += r.report.likes
-        p.interactions += r.report.interactions
-        p.gifts += r.report.gifts
-        p.itemsSold += r.report.itemsSold
         p.reports += 1
-        if let s = r.report.sales, s.minorUnits != 0 || !s.currency.isEmpty {
-            var total = p.sales ?? Money()
-            total.currency = s.currency
-            total.minorUnits += s.minorUnits
-            p.sales = total
-        }
+        Self.accumulate(r.report, &p.newViewers, &p.comments, &p.likes, &p.interactions, &p.gifts, &p.itemsSold, &p.sales)
         platforms[r.platformId] = p
 
         let minute = r.receivedAtMs / 60_000 * 60_000
@@ -75,19 +64,25 @@ public struct AudienceAggregate: Sendable {
             return n
         }()
         m.viewersOnline = r.report.viewersOnline
-        m.newViewers += r.report.newViewers
-        m.comments += r.report.comments
-        m.likes += r.report.likes
-        m.interactions += r.report.interactions
-        m.gifts += r.report.gifts
-        m.itemsSold += r.report.itemsSold
-        if let s = r.report.sales, s.minorUnits != 0 || !s.currency.isEmpty {
-            var total = m.sales ?? Money()
+        Self.accumulate(r.report, &m.newViewers, &m.comments, &m.likes, &m.interactions, &m.gifts, &m.itemsSold, &m.sales)
+        minutes[key] = m
+    }
+
+    /// Adds a report's increments to a set of totals.
+    private static func accumulate(_ r: AudienceReport, _ newViewers: inout Int64, _ comments: inout Int64, _ likes: inout Int64,
+                                   _ interactions: inout Int64, _ gifts: inout Int64, _ itemsSold: inout Int64, _ sales: inout Money?) {
+        newViewers += r.newViewers
+        comments += r.comments
+        likes += r.likes
+        interactions += r.interactions
+        gifts += r.gifts
+        itemsSold += r.itemsSold
+        if let s = r.sales, s.minorUnits != 0 || !s.currency.isEmpty {
+            var total = sales ?? Money()
             total.currency = s.currency
             total.minorUnits += s.minorUnits
-            m.sales = total
+            sales = total
         }
-        minutes[key] = m
     }
 
     /// Sums over platforms (sales only when all platforms use one currency).

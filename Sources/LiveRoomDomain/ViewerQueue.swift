@@ -57,12 +57,7 @@ public final class ViewerQueue: Sendable {
                     return true
                 }
                 s.skipping = false
-                var e = StreamEvent()
-                e.kind = .skipped
-                e.atMs = nowMs
-                e.skippedChunks = s.skippedChunks
-                s.skippedChunks = 0
-                Self.append(&s, .event(e))
+                Self.appendSkipped(&s, nowMs)
             } else if s.bytes + chunk.payload.readableBytes > limits.skipBytes && !chunk.header {
                 s.skipTimes = s.skipTimes.filter { nowMs - $0 < limits.windowMs } + [nowMs]
                 if s.skipTimes.count > limits.maxSkips {
@@ -89,12 +84,7 @@ public final class ViewerQueue: Sendable {
                     s.skippedChunks += 1
                     return true
                 }
-                var e = StreamEvent()
-                e.kind = .skipped
-                e.atMs = nowMs
-                e.skippedChunks = s.skippedChunks
-                s.skippedChunks = 0
-                Self.append(&s, .event(e))
+                Self.appendSkipped(&s, nowMs)
             }
             Self.append(&s, .chunk(chunk))
             if let w = s.waiter, let item = Self.pop(&s) {
@@ -162,6 +152,16 @@ public final class ViewerQueue: Sendable {
 
     /// Bytes waiting to be sent.
     public var queuedBytes: Int { state.withLock { $0.bytes } }
+
+    /// Tells the viewer how many chunks it missed, before the keyframe it resumes at.
+    private static func appendSkipped(_ s: inout State, _ nowMs: Int64) {
+        var e = StreamEvent()
+        e.kind = .skipped
+        e.atMs = nowMs
+        e.skippedChunks = s.skippedChunks
+        s.skippedChunks = 0
+        append(&s, .event(e))
+    }
 
     private static func append(_ s: inout State, _ item: ViewerItem) {
         if case .chunk(let c) = item { s.bytes += c.payload.readableBytes }

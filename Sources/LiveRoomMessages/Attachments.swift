@@ -12,34 +12,39 @@ extension MediaChunk: AttachmentCarrying {
     public mutating func putAttachment(_ attachment: ByteBuffer) { payload = attachment }
 }
 
-extension StreamDataRequest: AttachmentCarrying {
-    public static var carriesAttachment: Bool { true }
+/// A message whose oneof may hold a media chunk; the chunk's payload is its attachment.
+protocol ChunkMessage: AttachmentCarrying {
+    var chunk: MediaChunk? { get set }
+}
 
+extension ChunkMessage {
     public mutating func takeAttachment() -> ByteBuffer? {
-        guard case .chunk(var c)? = message, let a = c.takeAttachment() else { return nil }
-        message = .chunk(c)
+        guard var c = chunk, let a = c.takeAttachment() else { return nil }
+        chunk = c
         return a
     }
 
     public mutating func putAttachment(_ attachment: ByteBuffer) {
-        guard case .chunk(var c)? = message else { return }
+        guard var c = chunk else { return }
         c.putAttachment(attachment)
-        message = .chunk(c)
+        chunk = c
     }
 }
 
-extension WatchResponse: AttachmentCarrying {
+extension StreamDataRequest: ChunkMessage {
     public static var carriesAttachment: Bool { true }
 
-    public mutating func takeAttachment() -> ByteBuffer? {
-        guard case .chunk(var c)? = message, let a = c.takeAttachment() else { return nil }
-        message = .chunk(c)
-        return a
+    var chunk: MediaChunk? {
+        get { if case .chunk(let c)? = message { c } else { nil } }
+        set { if let newValue { message = .chunk(newValue) } }
     }
+}
 
-    public mutating func putAttachment(_ attachment: ByteBuffer) {
-        guard case .chunk(var c)? = message else { return }
-        c.putAttachment(attachment)
-        message = .chunk(c)
+extension WatchResponse: ChunkMessage {
+    public static var carriesAttachment: Bool { true }
+
+    var chunk: MediaChunk? {
+        get { if case .chunk(let c)? = message { c } else { nil } }
+        set { if let newValue { message = .chunk(newValue) } }
     }
 }

@@ -122,19 +122,9 @@ struct TCPAuthenticator: Sendable {
         guard let presented = context.metadata["authorization"] else {
             return RPCStatus(.unauthenticated, "calls over TCP need metadata \"authorization: Bearer <tcp_token>\"")
         }
-        guard constantTimeEqual(presented, "Bearer \(token)") else {
+        guard StreamKey.equal(presented, "Bearer \(token)") else {
             return RPCStatus(.unauthenticated, "the authorization token is not valid")
         }
         return nil
     }
-}
-
-/// Compares without stopping at the first difference, so timing does not reveal a secret.
-public func constantTimeEqual(_ a: String, _ b: String) -> Bool {
-    let x = Array(a.utf8), y = Array(b.utf8)
-    var diff = UInt8(truncatingIfNeeded: x.count ^ y.count)
-    for i in 0..<max(x.count, y.count) {
-        diff |= (i < x.count ? x[i] : 0) ^ (i < y.count ? y[i] : 0)
-    }
-    return diff == 0
 }
