@@ -50,6 +50,7 @@ final class ClientConnectionHandler: ChannelInboundHandler {
     private var goAway: RPCStatus?
     private var pings: [UInt64: (EventLoopPromise<Void>)] = [:]
     private var nextPing: UInt64 = 1
+    private var lastHeader: (header: CallHeader, bytes: ByteBuffer)?
     let maxFrameSize: Int
 
     init(maxFrameSize: Int) { self.maxFrameSize = maxFrameSize }
@@ -85,12 +86,19 @@ final class ClientConnectionHandler: ChannelInboundHandler {
                 self.cancel(id, RPCStatus(.deadlineExceeded, "deadline of \(header.timeoutMs) ms exceeded"))
             }
         }
-        var b = context.channel.allocator.buffer(capacity: 64)
-        do {
-            try header.serialize(into: &b)
-        } catch {
-            calls[id] = nil
-            return .failure(RPCStatus(.invalidArgument, "bad call metadata: \(error)"))
+        let b: ByteBuffer
+        if let cached = lastHeader, cached.header == header {
+            b = cached.bytes  // the same method and metadata again: reuse the encoding
+        } else {
+            var fresh = context.channel.allocator.buffer(capacity: 64)
+            do {
+                try header.serialize(into: &fresh)
+            } catch {
+                calls[id] = nil
+                return .failure(RPCStatus(.invalidArgument, "bad call metadata: \(error)"))
+            }
+            lastHeader = (header, fresh)
+            b = fresh
         }
         context.write(wrapOutboundOut(Frame(.headers, callID: id, payload: b)), promise: nil)
         if let request {
@@ -196,7 +204,8 @@ final class ClientConnectionHandler: ChannelInboundHandler {
             }
         case .status:
             guard let call = calls.removeValue(forKey: frame.callID) else { return }
-            let s = (try? CallStatus(buffer: frame.payload)) ?? {
+            // An empty STATUS payload is OK with nothing else: skip the decoder.
+            let s = frame.payload.readableBytes == 0 ? CallStatus() : (try? CallStatus(buffer: frame.payload)) ?? {
                 var bad = CallStatus()
                 bad.code = RPCStatus.Code.internal.rawValue
                 bad.message = "server sent a malformed STATUS frame"

@@ -84,8 +84,13 @@ public final class RPCClient: Sendable {
         let all = merged(metadata)
         let amount = timeout.map(Self.timeAmount)
         let outcome = connection.eventLoop.makePromise(of: CallOutcome.self)
-        connection.eventLoop.execute {
+        if connection.eventLoop.inEventLoop {
+            // The task already runs on this connection's loop (NIO as the executor): no hop.
             connection.value.openUnary(path: path, metadata: all, timeout: amount, request: request, outcome: outcome)
+        } else {
+            connection.eventLoop.execute {
+                connection.value.openUnary(path: path, metadata: all, timeout: amount, request: request, outcome: outcome)
+            }
         }
         let result = try await outcome.futureResult.get()
         guard result.status.code == .ok else { throw result.status }

@@ -231,14 +231,20 @@ final class ServerConnectionHandler: ChannelInboundHandler {
                                     responses: ResponseWriter(callID: call.id, connection: loop))
         let handler = call.entry.handler
         let id = call.id
-        call.task = Task {
+        // Runs the handler here, on the event loop, until its first suspension: a unary handler
+        // that does not wait is answered within this read, with no trip through a scheduler.
+        call.task = Task.immediate {
             let result: Result<RPCPayload?, Error>
             do {
                 result = .success(try await handler(serverCall))
             } catch {
                 result = .failure(error)
             }
-            loop.eventLoop.execute { loop.value.finished(id, result) }
+            if loop.eventLoop.inEventLoop {
+                loop.value.finished(id, result)
+            } else {
+                loop.eventLoop.execute { loop.value.finished(id, result) }
+            }
         }
     }
 
