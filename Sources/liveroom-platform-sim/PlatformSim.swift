@@ -40,6 +40,15 @@ struct PlatformSim: AsyncParsableCommand {
     @Option(name: .customLong("state-file"), help: "Write the platform's rooms here as JSON after every change.")
     var stateFile: String?
 
+    @Option(name: .customLong("report-to"), help: "Stream audience reports for its rooms to liveroomd at unix:PATH or HOST:PORT.")
+    var reportTo: String?
+
+    @Option(name: .customLong("report-interval-ms"), help: "How often each open room gets a report.")
+    var reportIntervalMs: Int64 = 1000
+
+    @Option(name: .customLong("reconnect-every"), help: "Drop the report stream after this many reports and resend what was not acknowledged (0: never).")
+    var reconnectEvery = 0
+
     func run() async throws {
         var listen: [Endpoint] = []
         if let socket { listen.append(.unix(path: socket)) }
@@ -62,8 +71,18 @@ struct PlatformSim: AsyncParsableCommand {
         let server = RPCServer(configuration: configuration, registry: registry, logger: logger)
         let bound = try await server.start()
         logger.info("platform-sim ready", metadata: ["name": "\(name)", "endpoints": "\(bound.map(\.description).joined(separator: " "))"])
+        var reporter: Task<Void, Never>?
+        if let reportTo {
+            let endpoint: Endpoint = reportTo.hasPrefix("unix:") ? .unix(path: String(reportTo.dropFirst(5))) : try Endpoint.parseTCP(reportTo)
+            let reporterLogger = logger
+            reporter = Task {
+                await AudienceReporter(platform: platform, endpoint: endpoint, token: token ?? "", intervalMs: reportIntervalMs,
+                                       reconnectEvery: reconnectEvery, logger: reporterLogger).run()
+            }
+        }
         let group = ServiceGroup(configuration: .init(services: [.init(service: server)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
+        reporter?.cancel()
     }
 }
 
@@ -77,6 +96,7 @@ actor SimPlatform {
         var keyExpiresAtMs: Int64
         var status: Int32
         var closed: Bool
+        var liveroomRoomId: String = ""
     }
 
     let name: String
@@ -124,7 +144,8 @@ actor SimPlatform {
             counter += 1
             let id = "\(name)-\(counter)-\(StreamKey.identifier(prefix: "", bytes: 3))"
             room = SimRoom(id: id, requestId: r.requestId, title: r.title, key: "\(name)_" + StreamKey.generate(),
-                           keyExpiresAtMs: nowMs + keyTTLMs, status: RoomStatus.notStarted.rawValue, closed: false)
+                           keyExpiresAtMs: nowMs + keyTTLMs, status: RoomStatus.notStarted.rawValue, closed: false,
+                           liveroomRoomId: r.roomId)
             rooms[id] = room
             if !r.requestId.isEmpty { byRequest[r.requestId] = id }
             writeState()
@@ -185,6 +206,11 @@ actor SimPlatform {
         return ClosePlatformRoomResponse()
     }
 
+    /// Our rooms that are open, by the daemon's room id.
+    func openLiveroomRooms() -> [String] {
+        rooms.values.filter { !$0.closed && !$0.liveroomRoomId.isEmpty }.map(\.liveroomRoomId).sorted()
+    }
+
     /// Lets tests and demos see the platform's side.
     func writeState() {
         guard let stateFile else { return }
@@ -192,6 +218,74 @@ actor SimPlatform {
         encoder.outputFormatting = [.sortedKeys, .prettyPrinted]
         if let data = try? encoder.encode(rooms.values.sorted { $0.id < $1.id }) {
             try? data.write(to: URL(fileURLWithPath: stateFile), options: .atomic)
+        }
+    }
+}
+
+/// Streams the platform's audience for its rooms to the daemon, as a connector does: every report
+/// is kept until acknowledged and resent, with its sequence number, after a reconnect.
+struct AudienceReporter {
+    let platform: SimPlatform
+    let endpoint: Endpoint
+    let token: String
+    let intervalMs: Int64
+    let reconnectEvery: Int
+    let logger: Logger
+
+    func run() async {
+        let connectorId = "sim-\(platform.name)"
+        var sequence: UInt64 = 0
+        var unacked: [UInt64: AudienceReport] = [:]
+        var online: [String: Int64] = [:]
+        while !Task.isCancelled {
+            do {
+                var configuration = ClientConfiguration()
+                configuration.defaultMetadata.add("authorization", "Bearer \(token)")
+                let client = try await RPCClient.connect(to: endpoint, configuration: configuration)
+                defer { Task { await client.close() } }
+                let call = try await client.streaming(AudienceService.reportAudience)
+                let acks = Task {
+                    var done: [UInt64] = []
+                    do { for try await ack in call.responses { done.append(ack.sequence) } } catch {}
+                    return done
+                }
+                // Resend what the last connection did not get acknowledged, in order.
+                for seq in unacked.keys.sorted() { try await call.send(unacked[seq]!) }
+                var sentOnThisStream = 0
+                while !Task.isCancelled && (reconnectEvery == 0 || sentOnThisStream < reconnectEvery) {
+                    for room in await platform.openLiveroomRooms() {
+                        sequence += 1
+                        var r = AudienceReport()
+                        r.connectorId = connectorId
+                        r.sequence = sequence
+                        r.roomId = room
+                        r.reportedAtMs = SystemWallClock().nowMs()
+                        let current = max(0, (online[room] ?? 50) + Int64.random(in: -10...15))
+                        online[room] = current
+                        r.viewersOnline = current
+                        r.newViewers = Int64.random(in: 0...8)
+                        r.comments = Int64.random(in: 0...12)
+                        r.likes = Int64.random(in: 0...40)
+                        r.interactions = Int64.random(in: 0...6)
+                        r.gifts = Int64.random(in: 0...2)
+                        r.itemsSold = Int64.random(in: 0...3)
+                        var sales = Money()
+                        sales.minorUnits = r.itemsSold * 1990
+                        sales.currency = "CNY"
+                        r.sales = sales
+                        unacked[sequence] = r
+                        try await call.send(r)
+                        sentOnThisStream += 1
+                    }
+                    try await Task.sleep(for: .milliseconds(intervalMs))
+                }
+                call.halfClose()
+                for seq in await acks.value { unacked[seq] = nil }
+                if reconnectEvery > 0 { logger.info("reconnecting the report stream", metadata: ["unacked": "\(unacked.count)"]) }
+            } catch {
+                logger.info("report stream to \(endpoint) failed; retrying", metadata: ["error": "\(error)", "unacked": "\(unacked.count)"])
+                try? await Task.sleep(for: .seconds(1))
+            }
         }
     }
 }

@@ -189,4 +189,28 @@ final class AudienceTests: XCTestCase {
         try await d.stop()
         sims.forEach { $0.stop() }
     }
+
+    func testSimulatorStreamsReportsThroughReconnects() async throws {
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let daemonSocket = dir.appendingPathComponent("d.sock").path
+        let sim = try await PlatformSimProcess(name: "huya", directory: dir, extra: [
+            "--report-to", "unix:\(daemonSocket)", "--report-interval-ms", "50", "--reconnect-every", "7",
+        ])
+        defer { sim.stop() }
+        try sim.configSection().write(to: config, atomically: true, encoding: .utf8)
+        let d = try await DaemonProcess(arguments: ["--config", config.path], directory: dir)
+        let admin = try await d.connect(.unix)
+        let room = try await makeRoom(admin, "huya")
+        var reports: Int64 = 0
+        for _ in 0..<100 where reports < 20 {
+            try await Task.sleep(for: .milliseconds(100))
+            reports = try await stats(admin, room).platforms.first(where: { $0.platformId == "huya" })?.reports ?? 0
+        }
+        XCTAssertGreaterThanOrEqual(reports, 20, "live numbers arrive from the simulated platform, across reconnects")
+        let s = try await stats(admin, room)
+        XCTAssertEqual(s.platforms.first?.sales?.currency, "CNY")
+        XCTAssertFalse(s.minutes.isEmpty)
+        await admin.close()
+        try await d.stop()
+    }
 }
