@@ -121,8 +121,16 @@ public actor RoomActor {
         try await save(next, reason: reason)
     }
 
+    /// `next` was computed from the state before any suspension; a room closed meanwhile stays
+    /// closed (actor methods interleave at every await).
     func save(_ next: RoomRecord, reason: String) async throws {
+        guard record.status != .ended || next.status == .ended else {
+            throw RoomError(.failedPrecondition, "room \(id) was closed meanwhile")
+        }
         try await store.update(next, previous: record, reason: reason)
+        guard record.status != .ended || next.status == .ended else {
+            throw RoomError(.failedPrecondition, "room \(id) was closed meanwhile")
+        }
         record = next
     }
 }

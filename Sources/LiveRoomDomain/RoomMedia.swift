@@ -121,6 +121,11 @@ extension RoomActor {
         }
         guard !viewerId.isEmpty else { throw RoomError(.invalidArgument, "viewer_id is required") }
         try await loadStats()
+        // Checked again after the suspension: the room may have closed meanwhile, and a viewer
+        // added to a closed room would never be told.
+        guard record.status != .ended else {
+            throw RoomError(.failedPrecondition, "room \(id) has ended")
+        }
         let now = clock.nowMs()
         let queue = ViewerQueue(limits: media.viewerQueue, onDrop: onDrop)
         for c in header + gop { queue.offer(c, nowMs: now) }

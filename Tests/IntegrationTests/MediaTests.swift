@@ -213,6 +213,7 @@ final class MediaTests: XCTestCase {
         XCTAssertEqual(m.status.code, .notFound)
         let room = try await room(client)
         let viewer = try await watch(client, room, viewer: "v1")
+        try await waitFor("the viewer to join") { try await self.stats(client, room).onlineNow == 1 }
         _ = try await client.unary(RoomService.closeRoom, { var r = CloseRoomRequest(); r.roomId = room.roomId; return r }())
         var kinds: [StreamEventKind] = []
         for try await r in viewer.responses { if case .event(let e)? = r.message { kinds.append(e.kind) } }
