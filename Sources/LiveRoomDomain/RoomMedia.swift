@@ -145,7 +145,7 @@ extension RoomActor {
         v.lastSeenMs = now
         viewers[viewerId] = v
         dirtyViewers.insert(viewerId)
-        let online = Int64(connections.values.filter { $0 > 0 }.count)
+        let online = Int64(connections.count)  // viewers with no open call are removed from it
         if online > peakConcurrent {
             peakConcurrent = online
             peakDirty = true

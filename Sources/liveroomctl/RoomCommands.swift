@@ -114,7 +114,7 @@ struct RoomCommand: AsyncParsableCommand {
     func run() async throws {
         var r = GetRoomRequest()
         r.roomId = id
-        try await callAndPrint(global, RoomService.getRoom, r) { describeRoom($0.room ?? Room()) }
+        try await roomAction(global, RoomService.getRoom, r, \.room)
     }
 }
 
@@ -157,6 +157,11 @@ struct RoomsCommand: AsyncParsableCommand {
     }
 }
 
+/// The commands that act on one room and print it.
+func roomAction<I, O>(_ global: GlobalOptions, _ method: ProtoMethod<I, O>, _ request: I, _ room: (O) -> Room?) async throws {
+    try await callAndPrint(global, method, request) { describeRoom(room($0) ?? Room()) }
+}
+
 struct RefreshCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "refresh", abstract: "Update a room's status from its platform.")
     @OptionGroup var global: GlobalOptions
@@ -165,7 +170,7 @@ struct RefreshCommand: AsyncParsableCommand {
     func run() async throws {
         var r = RefreshRoomRequest()
         r.roomId = id
-        try await callAndPrint(global, RoomService.refreshRoom, r) { describeRoom($0.room ?? Room()) }
+        try await roomAction(global, RoomService.refreshRoom, r, \.room)
     }
 }
 
@@ -177,7 +182,7 @@ struct RotateKeyCommand: AsyncParsableCommand {
     func run() async throws {
         var r = RotateKeyRequest()
         r.roomId = id
-        try await callAndPrint(global, RoomService.rotateKey, r) { describeRoom($0.room ?? Room()) }
+        try await roomAction(global, RoomService.rotateKey, r, \.room)
     }
 }
 
@@ -189,6 +194,6 @@ struct CloseCommand: AsyncParsableCommand {
     func run() async throws {
         var r = CloseRoomRequest()
         r.roomId = id
-        try await callAndPrint(global, RoomService.closeRoom, r) { describeRoom($0.room ?? Room()) }
+        try await roomAction(global, RoomService.closeRoom, r, \.room)
     }
 }
