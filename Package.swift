@@ -54,9 +54,16 @@ let package = Package(
             .product(name: "GRDB", package: "GRDB.swift"),
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
+        // RTMP ingest for encoders (OBS, ffmpeg): handshake, chunk stream, AMF0, FLV. Knows no rooms.
+        .target(name: "LiveRoomRTMP", dependencies: [
+            "LiveRoomMessages",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         // The daemon's services wired onto the RPC server.
         .target(name: "LiveRoomService", dependencies: [
-            "LiveRoomRPC", "LiveRoomMessages", "LiveRoomDomain", "LiveRoomStore",
+            "LiveRoomRPC", "LiveRoomMessages", "LiveRoomDomain", "LiveRoomStore", "LiveRoomRTMP",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
@@ -69,7 +76,7 @@ let package = Package(
             .product(name: "NIOPosix", package: "swift-nio"),
         ]),
         .executableTarget(name: "liveroomd", dependencies: [
-            "LiveRoomService",
+            "LiveRoomService", "LiveRoomRPC",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -96,7 +103,7 @@ let package = Package(
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
-        .executableTarget(name: "liveroom-fuzz", dependencies: ["LiveRoomRPC", "LiveRoomMessages"]),
+        .executableTarget(name: "liveroom-fuzz", dependencies: ["LiveRoomRPC", "LiveRoomMessages", "LiveRoomRTMP"]),
         .testTarget(name: "LiveRoomCodecTests", dependencies: ["LiveRoomCodec", "LiveRoomMessages"]),
         .testTarget(name: "LiveRoomRPCTests", dependencies: [
             "LiveRoomRPC", "LiveRoomTesting",
@@ -105,7 +112,13 @@ let package = Package(
         // Start real liveroomd processes: the executables are dependencies so `swift test` builds them.
         .testTarget(name: "LiveRoomDomainTests", dependencies: ["LiveRoomDomain"]),
         .testTarget(name: "LiveRoomClientTests", dependencies: ["LiveRoomClient"]),
-        .testTarget(name: "LiveRoomStoreTests", dependencies: ["LiveRoomStore", "LiveRoomDomain"]),
+        .testTarget(name: "LiveRoomRTMPTests", dependencies: [
+            "LiveRoomRTMP",
+            .product(name: "NIOEmbedded", package: "swift-nio"),
+        ]),
+        .testTarget(name: "LiveRoomStoreTests", dependencies: [
+            "LiveRoomStore", "LiveRoomDomain", .product(name: "GRDB", package: "GRDB.swift"),
+        ]),
         .testTarget(name: "IntegrationTests", dependencies: [
             "LiveRoomTesting", "LiveRoomClient", "liveroomd", "liveroomctl", "liveroom-platform-sim",
         ]),

@@ -90,6 +90,33 @@ extension RoomActor {
         }
     }
 
+    /// Watches a session on behalf of its transport: `onEnd` is called once if the room ends
+    /// it (takeover, close) or it stays silent past the idle timeout. Cancel the task when the
+    /// publisher finishes by itself.
+    public nonisolated func supervise(_ session: PublishSession, onEnd: @escaping @Sendable (RoomError) -> Void) -> Task<Void, Never> {
+        Task {
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    for await reason in session.ended {
+                        onEnd(reason)
+                        return
+                    }
+                }
+                group.addTask {
+                    while !Task.isCancelled {
+                        try? await Task.sleep(for: .milliseconds(250))
+                        if await self.isIdle(session) {
+                            onEnd(RoomError(.aborted, "no media for a while: the publisher was considered gone"))
+                            return
+                        }
+                    }
+                }
+                await group.next()
+                group.cancelAll()
+            }
+        }
+    }
+
     /// Whether the session has sent nothing for the idle timeout.
     public func isIdle(_ session: PublishSession) -> Bool {
         publisher === session && clock.nowMs() - lastChunkAtMs >= media.publisherIdleTimeoutMs

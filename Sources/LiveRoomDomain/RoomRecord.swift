@@ -99,4 +99,6 @@ public protocol RoomStore: Sendable {
     func find(requestId: String) async throws -> RoomRecord?
     func list(_ query: RoomQuery) async throws -> [RoomRecord]
     func delete(id: String) async throws
+    /// The room whose current stream key this is (RTMP publish URLs carry only the key).
+    func roomId(forStreamKey key: String) async throws -> String?
 }

@@ -7,7 +7,7 @@ public actor RoomRegistry {
     private let media: MediaSettings
     private let platforms: [String: PlatformSettings]
     private let connectors: [String: PlatformClient]
-    private let builtin: BuiltinEndpoints
+    private var builtin: BuiltinEndpoints
     private let clock: WallClock
     private var rooms: [String: RoomActor] = [:]
     /// Creates in progress by request id, so that concurrent duplicates get the same room.
@@ -143,6 +143,15 @@ public actor RoomRegistry {
                               clock: clock, media: media)
         rooms[id] = actor
         return actor
+    }
+
+    /// Where broadcasters push for rooms created from now on (set once the RTMP listener is bound).
+    public func setPushServer(_ url: String) { builtin.pushServer = url }
+
+    /// The room whose current stream key this is, for publishers that present only a key (RTMP).
+    public func room(forStreamKey key: String) async throws -> RoomActor? {
+        guard !key.isEmpty, let id = try await store.roomId(forStreamKey: key) else { return nil }
+        return try await room(id)
     }
 
     public func list(_ query: RoomQuery) async throws -> [RoomRecord] {

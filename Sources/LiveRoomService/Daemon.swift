@@ -3,6 +3,7 @@ import LiveRoomDomain
 import LiveRoomMessages
 import LiveRoomStore
 import LiveRoomRPC
+import LiveRoomRTMP
 import Logging
 import NIOCore
 import NIOPosix
@@ -15,6 +16,7 @@ public final class Daemon: Service, Sendable {
     public let rooms: RoomRegistry
     private let store: SQLiteStore
     private let server: RPCServer
+    private let rtmp: RTMPServer?
     private let logger: Logger
 
     public init(configuration: DaemonConfiguration, logger: Logger) throws {
@@ -60,6 +62,14 @@ public final class Daemon: Service, Sendable {
         serverConfiguration.gracePeriod = .seconds(Int64(configuration.gracePeriodSeconds))
         serverConfiguration.authenticate = TCPAuthenticator(token: configuration.tcpToken).check
         self.server = RPCServer(configuration: serverConfiguration, registry: registry, logger: logger)
+
+        if let address = configuration.rtmp, case .tcp(let host, let port) = try Endpoint.parseTCP(address) {
+            var rtmpConfiguration = RTMPServer.Configuration(host: host, port: port)
+            rtmpConfiguration.app = configuration.rtmpApp
+            rtmp = RTMPServer(configuration: rtmpConfiguration, ingest: RTMPRoomIngest(registry: rooms), logger: logger)
+        } else {
+            rtmp = nil
+        }
     }
 
     /// Binds the listeners; returns what was bound (a TCP port 0 becomes the real port).
@@ -70,7 +80,21 @@ public final class Daemon: Service, Sendable {
         if configuration.tcp != nil && configuration.tcpToken == nil {
             logger.warning("TCP is enabled without tcp_token: every call over TCP except Health will be refused")
         }
-        return try await server.start()
+        let endpoints = try await server.start()
+        if let rtmp, let address = configuration.rtmp, case .tcp(let host, _) = try Endpoint.parseTCP(address) {
+            let port: Int
+            do { port = try await rtmp.start() } catch {
+                throw ServerStartError("cannot listen for RTMP on \(address): \(error) (set rtmp = HOST:PORT or rtmp = off)")
+            }
+            if !configuration.pushServerConfigured {
+                // A wildcard address is no place to push to; name loopback and say how to change it.
+                let wildcard = host == "0.0.0.0" || host == "::" || host == "[::]"
+                if wildcard { logger.notice("RTMP listens on all addresses: set push_server to the address broadcasters reach") }
+                let advertised = wildcard ? "127.0.0.1" : (host.contains(":") && !host.hasPrefix("[") ? "[\(host)]" : host)
+                await rooms.setPushServer("rtmp://\(advertised):\(port)/\(configuration.rtmpApp)")
+            }
+        }
+        return endpoints
     }
 
     public func run() async throws {
@@ -83,10 +107,16 @@ public final class Daemon: Service, Sendable {
             }
         }
         defer { flusher.cancel() }
+        let rtmp = self.rtmp
+        let rtmpTask = Task { try await rtmp?.run() }
+        defer { rtmp?.stop() }
         try await withGracefulShutdownHandler {
             try await server.run()
+            rtmp?.stop()
+            _ = await rtmpTask.result
             await rooms.flushStats()
         } onGracefulShutdown: {
+            rtmp?.stop()
             Task {
                 await self.health.set(.notServing)
                 await self.health.finishWatchers()

@@ -20,6 +20,12 @@ public struct DaemonConfiguration: Sendable, Equatable {
     public var enableTestService = false
     /// The built-in platform's push server and play URLs.
     public var builtin = BuiltinEndpoints()
+    /// Whether push_server was configured; if not, it follows the RTMP listener.
+    public var pushServerConfigured = false
+    /// The RTMP listener for encoders; nil turns it off.
+    public var rtmp: String? = "127.0.0.1:1935"
+    /// The RTMP application name publishers use (`rtmp://HOST:PORT/APP/STREAM_KEY`).
+    public var rtmpApp = "live"
     /// Key lifetime on the built-in platform.
     public var keyTTLSeconds: Int64 = 24 * 3600
     /// External platforms, in file order.
@@ -105,6 +111,16 @@ public struct DaemonConfiguration: Sendable, Equatable {
             case "push_server":
                 guard value.hasPrefix("rtmp://") else { throw fail("push_server must be an rtmp:// URL, got \"\(value)\"") }
                 builtin.pushServer = value
+                pushServerConfigured = true
+            case "rtmp":
+                if value == "off" { rtmp = nil; continue }
+                do { _ = try Endpoint.parseTCP(value) } catch { throw fail("rtmp: \(error) (or \"off\")") }
+                rtmp = value
+            case "rtmp_app":
+                guard !value.isEmpty, value.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" }) else {
+                    throw fail("rtmp_app may use letters, digits, - and _ only, got \"\(value)\"")
+                }
+                rtmpApp = value
             case "play_url_base": builtin.playURLBase = value
             case "key_ttl_seconds": keyTTLSeconds = Int64(try int(60...(365 * 86400)))
             case "store_max_page_count": storeMaxPageCount = try int(10...Int(Int32.max))

@@ -24,27 +24,7 @@ public enum MediaServiceHandlers {
         let session = try await room.beginPublish(key: start.streamKey, publisherId: start.publisherId)
         context.logger.info("publisher started", metadata: ["room": "\(start.roomId)", "publisher": "\(start.publisherId)"])
         // A takeover or close ends this call at once; so does silence past the idle timeout.
-        let watchdog = Task {
-            await withTaskGroup(of: Void.self) { group in
-                group.addTask {
-                    for await reason in session.ended {
-                        context.abort(RPCStatus(reason))
-                        return
-                    }
-                }
-                group.addTask {
-                    while !Task.isCancelled {
-                        try? await Task.sleep(for: .milliseconds(250))
-                        if await room.isIdle(session) {
-                            context.abort(RPCStatus(.aborted, "no media for a while: the publisher was considered gone"))
-                            return
-                        }
-                    }
-                }
-                await group.next()
-                group.cancelAll()
-            }
-        }
+        let watchdog = room.supervise(session) { reason in context.abort(RPCStatus(reason)) }
         defer { watchdog.cancel() }
         var summary = StreamDataResponse()
         summary.startedAtMs = registry.now

@@ -37,6 +37,7 @@ public final class SQLiteStore: RoomStore, ViewerStore, AudienceStore, Sendable 
         do {
             pool = try DatabasePool(path: path, configuration: configuration)
             try Self.migrator.migrate(pool)
+            try backfillKeyDigests()
         } catch {
             throw RoomError(.unavailable, "cannot open the store at \(path): \(error)")
         }
@@ -117,6 +118,13 @@ public final class SQLiteStore: RoomStore, ViewerStore, AudienceStore, Sendable 
                     PRIMARY KEY (platform_id, connector_id, sequence)
                 ) WITHOUT ROWID;
                 CREATE INDEX audience_reports_by_room ON audience_reports(room_id);
+                """)
+        }
+        m.registerMigration("v4: find a room by its stream key") { db in
+            // Filled in by `backfillKeyDigests`, which has the master key.
+            try db.execute(sql: """
+                ALTER TABLE stream_keys ADD COLUMN key_digest BLOB;
+                CREATE INDEX stream_keys_by_digest ON stream_keys(key_digest) WHERE revoked_at_ms IS NULL;
                 """)
         }
         return m
@@ -222,6 +230,7 @@ public final class SQLiteStore: RoomStore, ViewerStore, AudienceStore, Sendable 
 
     public func insert(_ room: RoomRecord) async throws {
         let box = try seal(room.streamKey, room: room.id)
+        let digest = keyDigest(room.streamKey)
         try await write("create room \(room.id)") { db in
             try db.execute(sql: """
                 INSERT INTO rooms (id, request_id, title, kind, platform_id, play_mode, owner_id, play_url, status, created_at_ms, updated_at_ms)
@@ -230,8 +239,8 @@ public final class SQLiteStore: RoomStore, ViewerStore, AudienceStore, Sendable 
                                  room.ownerId, room.playURL, room.status.rawValue, room.createdAtMs, room.updatedAtMs])
             try db.execute(sql: "INSERT INTO platform_rooms (room_id, platform_id, platform_room_id, push_server) VALUES (?, ?, ?, ?)",
                            arguments: [room.id, room.platformId, room.platformRoomId, room.pushServer])
-            try db.execute(sql: "INSERT INTO stream_keys (room_id, key_box, expires_at_ms, created_at_ms) VALUES (?, ?, ?, ?)",
-                           arguments: [room.id, box, room.keyExpiresAtMs, room.createdAtMs])
+            try db.execute(sql: "INSERT INTO stream_keys (room_id, key_box, key_digest, expires_at_ms, created_at_ms) VALUES (?, ?, ?, ?, ?)",
+                           arguments: [room.id, box, digest, room.keyExpiresAtMs, room.createdAtMs])
             try db.execute(sql: "INSERT INTO room_status_history (room_id, status, at_ms, reason) VALUES (?, ?, ?, 'created')",
                            arguments: [room.id, room.status.rawValue, room.createdAtMs])
         }
@@ -239,6 +248,7 @@ public final class SQLiteStore: RoomStore, ViewerStore, AudienceStore, Sendable 
 
     public func update(_ room: RoomRecord, previous: RoomRecord, reason: String) async throws {
         let box = room.streamKey != previous.streamKey ? try seal(room.streamKey, room: room.id) : nil
+        let digest = keyDigest(room.streamKey)
         try await write("update room \(room.id)") { db in
             try db.execute(sql: """
                 UPDATE rooms SET title = ?, status = ?, play_url = ?, updated_at_ms = ? WHERE id = ?
@@ -248,8 +258,8 @@ public final class SQLiteStore: RoomStore, ViewerStore, AudienceStore, Sendable 
             if let box {
                 try db.execute(sql: "UPDATE stream_keys SET revoked_at_ms = ? WHERE room_id = ? AND revoked_at_ms IS NULL",
                                arguments: [room.updatedAtMs, room.id])
-                try db.execute(sql: "INSERT INTO stream_keys (room_id, key_box, expires_at_ms, created_at_ms) VALUES (?, ?, ?, ?)",
-                               arguments: [room.id, box, room.keyExpiresAtMs, room.updatedAtMs])
+                try db.execute(sql: "INSERT INTO stream_keys (room_id, key_box, key_digest, expires_at_ms, created_at_ms) VALUES (?, ?, ?, ?, ?)",
+                               arguments: [room.id, box, digest, room.keyExpiresAtMs, room.updatedAtMs])
             } else if room.keyExpiresAtMs != previous.keyExpiresAtMs {
                 try db.execute(sql: "UPDATE stream_keys SET expires_at_ms = ? WHERE room_id = ? AND revoked_at_ms IS NULL",
                                arguments: [room.keyExpiresAtMs, room.id])
@@ -283,6 +293,14 @@ public final class SQLiteStore: RoomStore, ViewerStore, AudienceStore, Sendable 
         let limit = query.limit
         let arguments = args
         return try await read { db in try self.fetch(db, where: whereSQL, arguments, limit: limit) }
+    }
+
+    public func roomId(forStreamKey key: String) async throws -> String? {
+        let digest = keyDigest(key)
+        return try await read { db in
+            try String.fetchOne(db, sql: "SELECT room_id FROM stream_keys WHERE key_digest = ? AND revoked_at_ms IS NULL",
+                                arguments: [digest])
+        }
     }
 
     public func delete(id: String) async throws {
@@ -348,6 +366,22 @@ public final class SQLiteStore: RoomStore, ViewerStore, AudienceStore, Sendable 
             return RoomError(.alreadyExists, "\(what): \(error.message ?? "constraint violated")")
         default:
             return RoomError(.internal, "store error (\(what)): \(error)")
+        }
+    }
+
+    /// A keyed hash of a stream key: finds its room without storing the key in the clear.
+    private func keyDigest(_ key: String) -> Data {
+        Data(HMAC<SHA256>.authenticationCode(for: Data(key.utf8), using: masterKey))
+    }
+
+    /// Keys stored before v4 get their digest (once; later runs find nothing to do).
+    private func backfillKeyDigests() throws {
+        try pool.write { db in
+            let rows = try Row.fetchAll(db, sql: "SELECT id, room_id, key_box FROM stream_keys WHERE key_digest IS NULL AND revoked_at_ms IS NULL")
+            for row in rows {
+                let key = try self.open(row["key_box"], room: row["room_id"])
+                try db.execute(sql: "UPDATE stream_keys SET key_digest = ? WHERE id = ?", arguments: [self.keyDigest(key), row["id"] as Int64])
+            }
         }
     }
 

@@ -8,6 +8,8 @@ public final class DaemonProcess: @unchecked Sendable {
     public let socketPath: String
     public let token = "integration-test-token-0123456789"
     public private(set) var tcpPort = 0
+    /// The RTMP listener's port (0 if the daemon runs without one).
+    public private(set) var rtmpPort = 0
     private let process = Process()
     private let logURL: URL
 
@@ -29,6 +31,7 @@ public final class DaemonProcess: @unchecked Sendable {
         var args = ["--socket", socketPath, "--data-dir", dir.appendingPathComponent("data").path,
                     "--tcp-token", token, "--enable-test-service", "--log-level", "debug"]
         if tcp { args += ["--tcp", "127.0.0.1:0"] }
+        if !extra.contains("--rtmp") { args += ["--rtmp", "127.0.0.1:0"] }
         process.arguments = args + extra
         let log = try FileHandle(forWritingTo: logURL)
         process.standardError = log
@@ -40,6 +43,11 @@ public final class DaemonProcess: @unchecked Sendable {
             if let line = text.split(separator: "\n").first(where: { $0.contains("liveroomd ready") }) {
                 if tcp, let r = line.range(of: #"127\.0\.0\.1:(\d+)"#, options: .regularExpression) {
                     tcpPort = Int(line[r].split(separator: ":").last!)!
+                }
+                if let rtmpLine = text.split(separator: "\n").first(where: { $0.contains("RTMP listening") }),
+                    let r = rtmpLine.range(of: #"127\.0\.0\.1:(\d+)"#, options: .regularExpression)
+                {
+                    rtmpPort = Int(rtmpLine[r].split(separator: ":").last!)!
                 }
                 return
             }

@@ -15,6 +15,8 @@ struct FanoutBench: AsyncParsableCommand {
     @Option(name: .customLong("rate-kbps"), help: "Publishing rate in kbit/s; 0 = as fast as possible.") var rateKbps = 3000.0
     @Option(name: .customLong("chunk-size"), help: "Bytes per media chunk.") var chunkSize = 16 * 1024
     @Option(help: "Seconds to measure.") var seconds = 5.0
+    @Option(name: .customLong("rtmp-port"), help: "Publish over RTMP to this port with ffmpeg instead of StreamData.") var rtmpPort: Int?
+    @Option(name: .customLong("rtmp-file"), help: "The FLV file ffmpeg publishes (looped; -re when --rate-kbps > 0).") var rtmpFile: String?
 
     func run() async throws {
         let endpoint = Endpoint.unix(path: String(target.dropFirst(5)))
@@ -46,10 +48,12 @@ struct FanoutBench: AsyncParsableCommand {
                     for try await m in call.responses {
                         if case .chunk(let chunk)? = m.message {
                             let now = ContinuousClock.now
-                            if let sent = sendTimes.withLockedValue({ $0[chunk.sequence] }), measuring.withLockedValue({ $0 }) {
-                                let d = (now - sent).components
-                                mine.append(Double(d.seconds) * 1e6 + Double(d.attoseconds) / 1e12)
+                            if measuring.withLockedValue({ $0 }) {
                                 bytes += chunk.payload.readableBytes
+                                if let sent = sendTimes.withLockedValue({ $0[chunk.sequence] }) {
+                                    let d = (now - sent).components
+                                    mine.append(Double(d.seconds) * 1e6 + Double(d.attoseconds) / 1e12)
+                                }
                             }
                         } else if case .event(let e)? = m.message, e.kind == .skipped {
                             behind.withLockedValue { $0 += 1 }
@@ -71,41 +75,64 @@ struct FanoutBench: AsyncParsableCommand {
         }
         let rssWithViewers = Proc.rssKB(daemonPid)
 
-        let publisherClient = try await RPCClient.connect(to: endpoint)
-        let publisher = try await publisherClient.streaming(MediaService.streamData)
-        var start = PublishStart()
-        start.roomId = room.roomId
-        start.streamKey = room.streamKey
-        var first = StreamDataRequest()
-        first.message = .start(start)
-        try await publisher.send(first)
-        let payload = ByteBuffer(repeating: 0x5A, count: chunkSize)
         let warmup = Duration.seconds(1)
         let began = ContinuousClock.now
         var cpuStart: Double?
-        var sent = 0
-        var seq: UInt64 = 0
         var measuredFrom = began
-        while ContinuousClock.now - began < warmup + .milliseconds(Int64(seconds * 1000)) {
-            if cpuStart == nil && ContinuousClock.now - began >= warmup {
-                cpuStart = Proc.cpuSeconds(daemonPid)
-                measuredFrom = ContinuousClock.now
-                measuring.withLockedValue { $0 = true }
+        var seq: UInt64 = 0
+        let finishPublisher: () async throws -> Void
+        if let rtmpPort, let rtmpFile {
+            // ffmpeg relays a real H.264/AAC file; the daemon does the RTMP work being measured.
+            let ffmpeg = Process()
+            ffmpeg.executableURL = URL(fileURLWithPath: "/usr/bin/ffmpeg")
+            ffmpeg.arguments = ["-nostdin", "-loglevel", "error"] + (rateKbps > 0 ? ["-re"] : []) + [
+                "-stream_loop", "-1", "-i", rtmpFile, "-c", "copy", "-f", "flv", "rtmp://127.0.0.1:\(rtmpPort)/live/\(room.streamKey)"]
+            try ffmpeg.run()
+            try await Task.sleep(for: warmup)
+            cpuStart = Proc.cpuSeconds(daemonPid)
+            measuredFrom = ContinuousClock.now
+            measuring.withLockedValue { $0 = true }
+            try await Task.sleep(for: .milliseconds(Int64(seconds * 1000)))
+            finishPublisher = {
+                ffmpeg.terminate()
+                ffmpeg.waitUntilExit()
             }
-            var c = MediaChunk()
-            c.sequence = seq
-            c.keyframe = seq % 50 == 0
-            c.payload = payload
-            var m = StreamDataRequest()
-            m.message = .chunk(c)
-            sendTimes.withLockedValue { $0[seq] = ContinuousClock.now }
-            try await publisher.send(m)
-            seq += 1
-            sent += chunkSize
-            if rateKbps > 0 {
-                let due = Duration.seconds(Double(sent * 8) / (rateKbps * 1000))
-                let ahead = due - (ContinuousClock.now - began)
-                if ahead > .zero { try await Task.sleep(for: ahead) }
+        } else {
+            let publisherClient = try await RPCClient.connect(to: endpoint)
+            let publisher = try await publisherClient.streaming(MediaService.streamData)
+            var start = PublishStart()
+            start.roomId = room.roomId
+            start.streamKey = room.streamKey
+            var first = StreamDataRequest()
+            first.message = .start(start)
+            try await publisher.send(first)
+            let payload = ByteBuffer(repeating: 0x5A, count: chunkSize)
+            var sent = 0
+            while ContinuousClock.now - began < warmup + .milliseconds(Int64(seconds * 1000)) {
+                if cpuStart == nil && ContinuousClock.now - began >= warmup {
+                    cpuStart = Proc.cpuSeconds(daemonPid)
+                    measuredFrom = ContinuousClock.now
+                    measuring.withLockedValue { $0 = true }
+                }
+                var c = MediaChunk()
+                c.sequence = seq
+                c.keyframe = seq % 50 == 0
+                c.payload = payload
+                var m = StreamDataRequest()
+                m.message = .chunk(c)
+                sendTimes.withLockedValue { $0[seq] = ContinuousClock.now }
+                try await publisher.send(m)
+                seq += 1
+                sent += chunkSize
+                if rateKbps > 0 {
+                    let due = Duration.seconds(Double(sent * 8) / (rateKbps * 1000))
+                    let ahead = due - (ContinuousClock.now - began)
+                    if ahead > .zero { try await Task.sleep(for: ahead) }
+                }
+            }
+            finishPublisher = {
+                _ = try await publisher.finish()
+                await publisherClient.close()
             }
         }
         // Let the last chunks arrive, then stop counting.
@@ -113,11 +140,10 @@ struct FanoutBench: AsyncParsableCommand {
         measuring.withLockedValue { $0 = false }
         let cpuEnd = Proc.cpuSeconds(daemonPid)
         let elapsed = ContinuousClock.now - measuredFrom
-        _ = try await publisher.finish()
+        try await finishPublisher()
         closing.withLockedValue { $0 = true }
         for c in clients { await c.close() }
         for t in tasks { _ = await t.value }
-        await publisherClient.close()
         await control.close()
 
         let bytes = delivered.withLockedValue { $0 }
@@ -132,6 +158,7 @@ struct FanoutBench: AsyncParsableCommand {
             "cpuSecondsPerGB": gb > 0 ? cpu / gb : 0, "daemonCPUPercent": cpu / secs * 100,
             "rssPerViewerKB": viewers > 0 ? Double(rssWithViewers - rssBefore) / Double(viewers) : 0,
             "p50Micros": pct(0.5), "p99Micros": pct(0.99), "viewersBehind": behind.withLockedValue { $0 }, "chunksPublished": Int(seq),
+            "source": rtmpPort == nil ? "streamdata" : "rtmp",
         ]
         let data = try JSONSerialization.data(withJSONObject: result, options: [.sortedKeys])
         print(String(decoding: data, as: UTF8.self))

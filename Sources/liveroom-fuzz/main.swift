@@ -1,12 +1,19 @@
-// libFuzzer target over the frame decoder and every message decoder. Built by tools/fuzz
-// with -sanitize=fuzzer,address; an ordinary build links it as an empty program.
+// libFuzzer targets: the RPC frame decoder and every message decoder (default), or with
+// LIVEROOM_FUZZ_TARGET=rtmp the RTMP chunk parser, AMF0 decoder and FLV muxer. Built by
+// tools/fuzz with -sanitize=fuzzer,address; an ordinary build links it as an empty program.
+import Foundation
 import LiveRoomMessages
 import LiveRoomRPC
+import LiveRoomRTMP
 import NIOCore
 
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     let bytes = UnsafeBufferPointer(start: data, count: size)
+    if let target = getenv("LIVEROOM_FUZZ_TARGET"), String(cString: target) == "rtmp" {
+        fuzzRTMP(bytes)
+        return 0
+    }
     // The byte stream as a server reads it, after the preface.
     var buffer = ByteBuffer(bytes: bytes)
     var decoder = FrameDecoder(maxFrameSize: 1 << 16, expectPreface: false)
@@ -28,4 +35,25 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
         }
     }
     return 0
+}
+
+/// The bytes after the handshake, as an RTMP server reads them.
+func fuzzRTMP(_ bytes: UnsafeBufferPointer<UInt8>) {
+    var limits = RTMPLimits()
+    limits.maxMessageSize = 1 << 16
+    limits.maxBufferedBytes = 1 << 17
+    var decoder = RTMPChunkDecoder(limits: limits)
+    var buffer = ByteBuffer(bytes: bytes)
+    var muxer = FLVMuxer()
+    while let next = try? decoder.next(&buffer) {
+        guard let message = next else { continue }
+        switch message.type {
+        case .commandAMF0, .dataAMF0: _ = try? AMF0.decodeAll(message.payload)
+        default: _ = muxer.tag(for: message)
+        }
+    }
+    if let values = try? AMF0.decodeAll(ByteBuffer(bytes: bytes)) {
+        // What decodes must encode and decode to the same values.
+        precondition((try? AMF0.decodeAll(AMF0.encode(values))) == values, "AMF0 round trip changed a value")
+    }
 }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import LiveRoomRPC
 import LiveRoomService
 import Logging
 import NIOCore
@@ -25,6 +26,9 @@ struct LiveRoomd: AsyncParsableCommand {
     @Option(help: "Also serve on TCP at HOST:PORT (calls need the tcp_token).")
     var tcp: String?
 
+    @Option(help: "RTMP listener for encoders (OBS, ffmpeg) at HOST:PORT, or \"off\". Default 127.0.0.1:1935.")
+    var rtmp: String?
+
     @Option(name: .customLong("data-dir"), help: "Where the daemon keeps its data. Default ./data.")
     var dataDir: String?
 
@@ -49,6 +53,12 @@ struct LiveRoomd: AsyncParsableCommand {
         }
         if let socket { settings.socketPath = socket }
         if let tcp { settings.tcp = tcp }
+        if let rtmp {
+            if rtmp == "off" { settings.rtmp = nil } else {
+                do { _ = try Endpoint.parseTCP(rtmp) } catch { throw ValidationError("--rtmp: \(error)") }
+                settings.rtmp = rtmp
+            }
+        }
         if let dataDir { settings.dataDir = dataDir }
         if let token = tcpToken ?? ProcessInfo.processInfo.environment["LIVEROOM_TCP_TOKEN"] { settings.tcpToken = token }
         if let logLevel {

@@ -90,7 +90,7 @@ final class RoomTests: XCTestCase {
         XCTAssertTrue(platforms.allSatisfy(\.reachable), "\(platforms)")
 
         let own = try await create(client, "self", title: "Own").room!
-        XCTAssertEqual(own.pushServer, "rtmp://127.0.0.1:1935/live")
+        XCTAssertEqual(own.pushServer, "rtmp://127.0.0.1:\(daemon.rtmpPort)/live", "the push server follows the RTMP listener")
         XCTAssertEqual(own.playMode, .embedded)
         XCTAssertEqual(own.status, .notStarted)
         XCTAssertEqual(own.keyStatus, .valid)

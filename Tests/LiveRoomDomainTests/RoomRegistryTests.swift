@@ -76,6 +76,9 @@ final class MemoryStore: RoomStore, ViewerStore, AudienceStore {
         rooms.withLock { Array($0.values) }.filter { query.platformId == nil || $0.platformId == query.platformId }
     }
     func delete(id: String) async throws { rooms.withLock { $0[id] = nil } }
+    func roomId(forStreamKey key: String) async throws -> String? {
+        rooms.withLock { $0.values.first { $0.streamKey == key }?.id }
+    }
 }
 
 /// A connector that records calls and can fail or stall.

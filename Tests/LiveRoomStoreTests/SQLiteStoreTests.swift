@@ -1,4 +1,5 @@
 import Foundation
+import GRDB
 import LiveRoomDomain
 import LiveRoomMessages
 import XCTest
@@ -36,6 +37,33 @@ final class SQLiteStoreTests: XCTestCase {
         XCTAssertEqual(byRequest, a)
         let missing = try await reopened.load(id: "nope")
         XCTAssertNil(missing)
+    }
+
+    func testRoomFoundByItsCurrentKeyOnlyAndOldRowsBackfilled() async throws {
+        let a = room("rm_a", at: 100)
+        do {
+            let store = try SQLiteStore(directory: dir)
+            try await store.insert(a)
+            try await store.insert(room("rm_b", at: 200))
+            var rotated = a
+            rotated.streamKey = "sk_new_key_of_a_0123456789"
+            try await store.update(rotated, previous: a, reason: "key rotated")
+            let byNew = try await store.roomId(forStreamKey: "sk_new_key_of_a_0123456789")
+            XCTAssertEqual(byNew, "rm_a")
+            let byOld = try await store.roomId(forStreamKey: a.streamKey)
+            XCTAssertNil(byOld, "a rotated key finds nothing")
+            let byB = try await store.roomId(forStreamKey: "sk_secret_rm_b_0123456789")
+            XCTAssertEqual(byB, "rm_b")
+            // As a database from before the digest column: digests missing.
+            try await store.pool.write { try $0.execute(sql: "UPDATE stream_keys SET key_digest = NULL") }
+            let gone = try await store.roomId(forStreamKey: "sk_secret_rm_b_0123456789")
+            XCTAssertNil(gone)
+        }
+        let reopened = try SQLiteStore(directory: dir)
+        let backfilled = try await reopened.roomId(forStreamKey: "sk_secret_rm_b_0123456789")
+        XCTAssertEqual(backfilled, "rm_b", "opening the store fills in digests of older rows")
+        let digests = try await reopened.pool.read { try Int.fetchOne($0, sql: "SELECT count(*) FROM stream_keys WHERE key_digest IS NULL AND revoked_at_ms IS NULL") }
+        XCTAssertEqual(digests, 0)
     }
 
     func testKeysAreEncryptedAtRestAndMasterKeyIsPrivate() async throws {
