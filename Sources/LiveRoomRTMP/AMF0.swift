@@ -14,14 +14,14 @@ public enum AMF0: Sendable, Equatable {
 
     public static func == (a: AMF0, b: AMF0) -> Bool {
         switch (a, b) {
-        case (.number(let x), .number(let y)): return x == y || (x.isNaN && y.isNaN)
+        // Bit patterns, so NaN equals itself and a value survives a round trip exactly.
+        case (.number(let x), .number(let y)), (.date(let x), .date(let y)): return x.bitPattern == y.bitPattern
         case (.boolean(let x), .boolean(let y)): return x == y
         case (.string(let x), .string(let y)): return x == y
         case (.object(let x), .object(let y)), (.ecmaArray(let x), .ecmaArray(let y)):
             return x.count == y.count && zip(x, y).allSatisfy { $0.0 == $1.0 && $0.1 == $1.1 }
         case (.null, .null), (.undefined, .undefined): return true
         case (.strictArray(let x), .strictArray(let y)): return x == y
-        case (.date(let x), .date(let y)): return x == y
         default: return false
         }
     }

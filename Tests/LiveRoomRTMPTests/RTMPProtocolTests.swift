@@ -15,6 +15,7 @@ final class AMF0Tests: XCTestCase {
             .ecmaArray([("width", .number(320)), ("encoder", .string("Lavf"))]),
             .strictArray([.number(1), .string("two"), .null]),
             .string(String(repeating: "x", count: 70_000)),  // long string
+            .number(.nan), .date(-.nan),  // found by the fuzzer: NaN must survive a round trip
         ]
         let decoded = try AMF0.decodeAll(AMF0.encode(values))
         XCTAssertEqual(decoded, values)
