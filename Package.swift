@@ -20,6 +20,8 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.6.0"),
         .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.0.0"),
         .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.0"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.5.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.0.0"),
     ],
     targets: [
         // libprotobuf-c, the system library (Debian: libprotobuf-c-dev).
@@ -45,9 +47,12 @@ let package = Package(
             .product(name: "NIOExtras", package: "swift-nio-extras"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            .product(name: "CoreMetrics", package: "swift-metrics"),
         ]),
         // Rooms, platforms, keys as actors and value types. No socket code, no SQL.
-        .target(name: "LiveRoomDomain", dependencies: ["LiveRoomMessages"]),
+        .target(name: "LiveRoomDomain", dependencies: [
+            "LiveRoomMessages", .product(name: "CoreMetrics", package: "swift-metrics"),
+        ]),
         // The embedded SQLite store (GRDB), implementing the domain's store protocols.
         .target(name: "LiveRoomStore", dependencies: [
             "LiveRoomDomain", "LiveRoomMessages",
@@ -65,6 +70,9 @@ let package = Package(
         .target(name: "LiveRoomService", dependencies: [
             "LiveRoomRPC", "LiveRoomMessages", "LiveRoomDomain", "LiveRoomStore", "LiveRoomRTMP",
             .product(name: "Logging", package: "swift-log"),
+            .product(name: "CoreMetrics", package: "swift-metrics"),
+            .product(name: "Prometheus", package: "swift-prometheus"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
         // Client-side helpers shared by liveroomctl, the simulator and tests.

@@ -26,10 +26,13 @@ public actor AudienceIngestor {
     private var pending: [Pending] = []
     private var flushScheduled = false
 
-    public init(store: AudienceStore, clock: WallClock, maxBatch: Int = 4096) {
+    private let metrics: RoomMetrics
+
+    public init(store: AudienceStore, clock: WallClock, maxBatch: Int = 4096, metrics: RoomMetrics = RoomMetrics()) {
         self.store = store
         self.clock = clock
         self.maxBatch = maxBatch
+        self.metrics = metrics
     }
 
     /// Queues a validated report; `done` gets its acknowledgement when it is durable (or why not).
@@ -54,6 +57,7 @@ public actor AudienceIngestor {
                 "sequence \(seq) is more than \(Self.window) behind the highest (\(highest)): it cannot be told from a duplicate"))
             return
         case .duplicate:
+            metrics.reportsDuplicate.increment()
             var a = Self.ok(seq, "already counted")
             a.duplicate = true
             done(a)
@@ -100,6 +104,9 @@ public actor AudienceIngestor {
             for (p, new) in zip(batch, inserted) where new {
                 byRoom[ObjectIdentifier(p.room), default: (p.room, [])].1.append(p.report)
             }
+            let new = inserted.filter { $0 }.count
+            metrics.reportsIngested.increment(by: new)
+            if new < batch.count { metrics.reportsDuplicate.increment(by: batch.count - new) }
             for (room, reports) in byRoom.values { await room.applyAudience(reports) }
             for (p, new) in zip(batch, inserted) {
                 var a = Self.ok(p.report.sequence, new ? "" : "already counted")

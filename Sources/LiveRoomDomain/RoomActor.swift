@@ -10,6 +10,7 @@ public actor RoomActor {
     let connector: PlatformClient?
     let clock: WallClock
     let media: MediaSettings
+    let metrics: RoomMetrics
 
     // Media: the current publisher, what a new viewer is sent first, and who watches.
     var publisher: PublishSession?
@@ -35,7 +36,7 @@ public actor RoomActor {
     var audienceStore: AudienceStore { store }
 
     init(record: RoomRecord, store: RoomStore & ViewerStore & AudienceStore, platform: PlatformSettings, connector: PlatformClient?,
-         clock: WallClock, media: MediaSettings) {
+         clock: WallClock, media: MediaSettings, metrics: RoomMetrics = RoomMetrics()) {
         self.id = record.id
         self.record = record
         self.store = store
@@ -43,6 +44,7 @@ public actor RoomActor {
         self.connector = connector
         self.clock = clock
         self.media = media
+        self.metrics = metrics
     }
 
     public func snapshot() -> RoomRecord { record }

@@ -64,10 +64,12 @@ extension RoomActor {
                 gopBytes = 0
             }
         }
+        metrics.bytesIn.increment(by: size)
         var dropped: [Int] = []
         for (token, w) in watchers where !w.queue.offer(chunk, nowMs: now) {
             dropped.append(token)
         }
+        metrics.bytesOut.increment(by: size * (watchers.count - dropped.count))
         for token in dropped { leave(token) }
     }
 
@@ -154,13 +156,14 @@ extension RoomActor {
             throw RoomError(.failedPrecondition, "room \(id) has ended")
         }
         let now = clock.nowMs()
-        let queue = ViewerQueue(limits: media.viewerQueue, onDrop: onDrop)
+        let queue = ViewerQueue(limits: media.viewerQueue, droppedChunks: metrics.chunksDropped, onDrop: onDrop)
         for c in header + gop { queue.offer(c, nowMs: now) }
         let token = nextWatcher
         nextWatcher += 1
         watchers[token] = (viewerId, queue)
 
         connections[viewerId, default: 0] += 1
+        if connections[viewerId] == 1 { metrics.viewersOnline.increment() }
         var v = viewers[viewerId] ?? ViewerRecord(viewerId: viewerId, name: name, phone: phone, online: false, firstEntryMs: now,
                                                   lastLeaveMs: 0, timesLeft: 0, watchMs: 0, sessionStartedMs: now, lastSeenMs: now)
         if !name.isEmpty { v.name = name }
@@ -186,6 +189,7 @@ extension RoomActor {
         w.queue.finish(nil)
         let left = (connections[w.viewerId] ?? 1) - 1
         connections[w.viewerId] = left > 0 ? left : nil
+        if left <= 0 { metrics.viewersOnline.decrement() }
         guard left <= 0, var v = viewers[w.viewerId], v.online else { return }
         let now = clock.nowMs()
         v.online = false

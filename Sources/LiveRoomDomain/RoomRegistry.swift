@@ -5,6 +5,7 @@ import LiveRoomMessages
 public actor RoomRegistry {
     private let store: RoomStore & ViewerStore & AudienceStore
     private let media: MediaSettings
+    public nonisolated let metrics: RoomMetrics
     private let platforms: [String: PlatformSettings]
     private let connectors: [String: PlatformClient]
     private var builtin: BuiltinEndpoints
@@ -14,13 +15,15 @@ public actor RoomRegistry {
     private var creating: [String: Task<(room: RoomRecord, created: Bool), Error>] = [:]
 
     public init(store: RoomStore & ViewerStore & AudienceStore, platforms: [PlatformSettings], connectors: [String: PlatformClient],
-                builtin: BuiltinEndpoints, clock: WallClock, media: MediaSettings = MediaSettings()) {
+                builtin: BuiltinEndpoints, clock: WallClock, media: MediaSettings = MediaSettings(),
+                metrics: RoomMetrics = RoomMetrics()) {
         var all = Dictionary(platforms.map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a })
         if all[PlatformSettings.builtinID] == nil {
             all[PlatformSettings.builtinID] = PlatformSettings(id: PlatformSettings.builtinID, displayName: "LiveRoom (built-in)")
         }
         self.store = store
         self.media = media
+        self.metrics = metrics
         self.platforms = all
         self.connectors = connectors
         self.builtin = builtin
@@ -123,7 +126,8 @@ public actor RoomRegistry {
             if let connector, !platform.isBuiltin { undo(connector, platformRoomId: record.platformRoomId, requestId: request.requestId) }
             throw error
         }
-        rooms[id] = RoomActor(record: record, store: store, platform: platform, connector: connector, clock: clock, media: media)
+        rooms[id] = RoomActor(record: record, store: store, platform: platform, connector: connector, clock: clock, media: media,
+                              metrics: metrics)
         return record
     }
 
@@ -140,7 +144,7 @@ public actor RoomRegistry {
         if let actor = rooms[id] { return actor }  // revived meanwhile
         let platform = platforms[record.platformId] ?? PlatformSettings(id: record.platformId, displayName: record.platformId)
         let actor = RoomActor(record: record, store: store, platform: platform, connector: connectors[record.platformId],
-                              clock: clock, media: media)
+                              clock: clock, media: media, metrics: metrics)
         rooms[id] = actor
         return actor
     }

@@ -1,3 +1,4 @@
+import CoreMetrics
 import LiveRoomMessages
 import Synchronization
 
@@ -35,12 +36,16 @@ public final class ViewerQueue: Sendable {
     private let state = Mutex(State())
     private let limits: Limits
     private let onDrop: @Sendable (RoomError) -> Void
+    private let droppedChunks: CoreMetrics.Counter?
 
     /// - Parameter onDrop: called once if the viewer is disconnected for falling behind, so
     ///   the call can be ended even while it is blocked writing to a stalled peer.
-    public init(limits: Limits = Limits(), onDrop: @escaping @Sendable (RoomError) -> Void = { _ in }) {
+    /// - Parameter droppedChunks: counts chunks this viewer never got because it was slow.
+    public init(limits: Limits = Limits(), droppedChunks: CoreMetrics.Counter? = nil,
+                onDrop: @escaping @Sendable (RoomError) -> Void = { _ in }) {
         self.limits = limits
         self.onDrop = onDrop
+        self.droppedChunks = droppedChunks
     }
 
     /// Offers a chunk. Returns false when the viewer has been disconnected for falling behind.
@@ -49,11 +54,14 @@ public final class ViewerQueue: Sendable {
         var wake: (CheckedContinuation<Result<ViewerItem?, RoomError>, Never>, ViewerItem)?
         var failWake: (CheckedContinuation<Result<ViewerItem?, RoomError>, Never>, RoomError)?
         var droppedWith: RoomError?
+        var dropped = 0
+        defer { if dropped > 0 { droppedChunks?.increment(by: dropped) } }
         let alive = state.withLock { s -> Bool in
             guard s.finished == nil else { return false }
             if s.skipping {
                 guard chunk.keyframe || chunk.header else {
                     s.skippedChunks += 1
+                    dropped += 1
                     return true
                 }
                 s.skipping = false
@@ -65,6 +73,7 @@ public final class ViewerQueue: Sendable {
                         "viewer too slow: fell behind \(s.skipTimes.count) times in \(limits.windowMs / 1000) s; reconnect when the network allows")
                     s.finished = .some(error)
                     droppedWith = error
+                    dropped += s.items.count - s.head + 1
                     s.items.removeAll()
                     s.head = 0
                     s.bytes = 0
@@ -76,12 +85,14 @@ public final class ViewerQueue: Sendable {
                 }
                 // Drop what is queued and wait for the next keyframe.
                 s.skippedChunks = UInt64(s.items.count - s.head)
+                dropped += s.items.count - s.head
                 s.items.removeAll()
                 s.head = 0
                 s.bytes = 0
                 guard chunk.keyframe else {
                     s.skipping = true
                     s.skippedChunks += 1
+                    dropped += 1
                     return true
                 }
                 Self.appendSkipped(&s, nowMs)

@@ -34,7 +34,14 @@ public struct CallContext: Sendable {
         var l = connectionLogger
         l[metadataKey: "call"] = "\(callID)"
         l[metadataKey: "method"] = "\(path)"
+        for (k, v) in responseMetadata.withLockedValue({ $0.log }) { l[metadataKey: k] = v }
         return l
+    }
+
+    /// Adds metadata to every later log line about this call, the server's own included
+    /// (e.g. the room a call is about).
+    public func addLogMetadata(_ key: String, _ value: String) {
+        responseMetadata.withLockedValue { $0.log[key] = .string(value) }
     }
 
     /// Metadata sent before the first response message (or with the status if there is none).
@@ -51,6 +58,7 @@ public struct CallContext: Sendable {
 struct ResponseMetadata: Sendable {
     var initial = Metadata()
     var trailers = Metadata()
+    var log: Logger.Metadata = [:]
 }
 
 /// Messages arriving on a call. Consuming them returns flow-control credit to the peer.

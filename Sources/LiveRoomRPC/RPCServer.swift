@@ -17,6 +17,8 @@ public struct ServerConfiguration: Sendable {
     public var unixSocketMode: mode_t = 0o660
     /// Called for every call before its handler; a returned status refuses the call.
     public var authenticate: (@Sendable (CallContext) -> RPCStatus?)?
+    /// Where calls and their latency are counted; nil counts nothing.
+    public var metrics: RPCMetrics?
 
     public init(listen: [Endpoint]) { self.listen = listen }
 }
@@ -153,7 +155,8 @@ public final class RPCServer: Service, Sendable {
                         ByteToMessageHandler(FrameDecoder(maxFrameSize: configuration.maxFrameSize, expectPreface: true)),
                         FrameEncoder(),
                         ServerConnectionHandler(registry: registry, limits: limits, transport: transport,
-                                                authenticate: configuration.authenticate, logger: logger),
+                                                authenticate: configuration.authenticate, metrics: configuration.metrics,
+                                                logger: logger),
                     ])
                 }
             }

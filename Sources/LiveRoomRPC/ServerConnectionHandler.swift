@@ -30,11 +30,13 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         var receive = ReceiveWindow()
         var deadlineTimer: Scheduled<Void>?
         var sentInitialMetadata = false
+        let startedAt: NIODeadline?
 
-        init(id: UInt32, entry: ServiceRegistry.Entry, context: CallContext) {
+        init(id: UInt32, entry: ServiceRegistry.Entry, context: CallContext, timed: Bool) {
             self.id = id
             self.entry = entry
             self.context = context
+            self.startedAt = timed ? .now() : nil
         }
 
         var streamsRequests: Bool { entry.info.kind == .clientStreaming || entry.info.kind == .bidirectional }
@@ -44,6 +46,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     private let limits: Limits
     private let transport: Transport
     private let authenticate: (@Sendable (CallContext) -> RPCStatus?)?
+    private let metrics: RPCMetrics?
     private var logger: Logger
     private var context: ChannelHandlerContext!
     private var calls: [UInt32: Call] = [:]
@@ -54,11 +57,12 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     private var graceTimer: Scheduled<Void>?
 
     init(registry: ServiceRegistry, limits: Limits, transport: Transport,
-         authenticate: (@Sendable (CallContext) -> RPCStatus?)?, logger: Logger) {
+         authenticate: (@Sendable (CallContext) -> RPCStatus?)?, metrics: RPCMetrics? = nil, logger: Logger) {
         self.registry = registry
         self.limits = limits
         self.transport = transport
         self.authenticate = authenticate
+        self.metrics = metrics
         self.logger = logger
     }
 
@@ -79,7 +83,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
                 "\(type) frame of \(length) bytes exceeds the maximum frame size of \(limits.maxFrameSize) bytes")
             if type == .headers {
                 if id > lastCallID { lastCallID = id }
-                writeStatus(id, status, trailers: Metadata())
+                refuse(id, status)
             } else if type == .message, calls[id] != nil {
                 abort(id, status)
             } else if type != .message {
@@ -117,27 +121,27 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         }
         lastCallID = id
         if draining {
-            writeStatus(id, RPCStatus(.unavailable, "server is shutting down; retry on a new connection"), trailers: Metadata())
+            refuse(id, RPCStatus(.unavailable, "server is shutting down; retry on a new connection"))
             return
         }
         guard calls.count < limits.maxConcurrentCalls else {
-            writeStatus(id, RPCStatus(.resourceExhausted,
-                "too many concurrent calls on this connection (limit \(limits.maxConcurrentCalls))"), trailers: Metadata())
+            refuse(id, RPCStatus(.resourceExhausted,
+                "too many concurrent calls on this connection (limit \(limits.maxConcurrentCalls))"))
             return
         }
         let header: CallHeader
         do {
             header = try CallHeader(buffer: frame.payload)
         } catch {
-            writeStatus(id, RPCStatus(.invalidArgument, "HEADERS payload is not a valid liveroom.rpc.v1.CallHeader: \(error)"), trailers: Metadata())
+            refuse(id, RPCStatus(.invalidArgument, "HEADERS payload is not a valid liveroom.rpc.v1.CallHeader: \(error)"))
             return
         }
         guard let entry = registry.entry(for: header.method) else {
-            writeStatus(id, RPCStatus(.unimplemented, "unknown method \(header.method)"), trailers: Metadata())
+            refuse(id, RPCStatus(.unimplemented, "unknown method \(header.method)"))
             return
         }
         guard header.timeoutMs >= 0 else {
-            writeStatus(id, RPCStatus(.invalidArgument, "timeout_ms must not be negative, got \(header.timeoutMs)"), trailers: Metadata())
+            refuse(id, RPCStatus(.invalidArgument, "timeout_ms must not be negative, got \(header.timeoutMs)"), method: header.method)
             return
         }
         var metadata = Metadata()
@@ -148,10 +152,10 @@ final class ServerConnectionHandler: ChannelInboundHandler {
             peer: peer, connectionLogger: logger, responseMetadata: NIOLockedValueBox(ResponseMetadata()),
             connection: NIOLoopBound(self, eventLoop: context.eventLoop))
         if let denied = authenticate?(ctx) {
-            writeStatus(id, denied, trailers: Metadata())
+            refuse(id, denied, method: header.method)
             return
         }
-        let call = Call(id: id, entry: entry, context: ctx)
+        let call = Call(id: id, entry: entry, context: ctx, timed: metrics != nil)
         calls[id] = call
         if let deadline {
             call.deadlineTimer = context.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) { [self] in
@@ -169,6 +173,12 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         } else if frame.flags.contains(.endStream) {
             end(id)
         }
+    }
+
+    /// Ends a call that never started (refused at HEADERS), counting it.
+    private func refuse(_ id: UInt32, _ status: RPCStatus, method: String = "unknown") {
+        metrics?.callEnded(method: method, code: status.code, startedAt: nil)
+        writeStatus(id, status, trailers: Metadata())
     }
 
     private func message(_ frame: Frame) {
@@ -287,6 +297,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     }
 
     private func teardown(_ call: Call, _ status: RPCStatus) {
+        metrics?.callEnded(method: call.context.path, code: status.code, startedAt: call.startedAt)
         call.deadlineTimer?.cancel()
         call.task?.cancel()
         call.continuation?.finish(throwing: status)

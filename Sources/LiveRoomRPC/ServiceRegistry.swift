@@ -29,4 +29,7 @@ public struct ServiceRegistry: Sendable {
     public var methods: [MethodInfo] { entries.values.map(\.info).sorted { $0.path < $1.path } }
 
     func entry(for path: String) -> Entry? { entries[path] }
+
+    /// Every registered method's path, e.g. `/liveroom.v1.RoomService/CreateRoom`.
+    public var paths: [String] { entries.keys.sorted() }
 }

@@ -138,6 +138,7 @@ struct RTMPSession {
         do {
             let p = try await ingest.startPublishing(app: app, streamName: key, publisherId: "rtmp:\(peer)", onEnd: onEnd)
             publication = p
+            logger.info("RTMP publisher started")
             muxer = FLVMuxer()
             try await send(RTMPControl.userControl(event: 0, streamId))  // stream begin
             try await send(RTMPControl.onStatus(level: "status", code: "NetStream.Publish.Start",
@@ -145,7 +146,7 @@ struct RTMPSession {
             try await p.send(muxer.fileHeader())
             return .carryOn
         } catch let refusal as RTMPRefusal {
-            logger.notice("RTMP publish refused", metadata: ["peer": "\(peer)", "reason": "\(refusal.description)"])
+            logger.notice("RTMP publish refused", metadata: ["reason": "\(refusal.description)"])
             try await send(RTMPControl.onStatus(level: "error", code: refusal.code, description: refusal.description,
                                                 messageStreamId: streamId))
             return .close

@@ -4,8 +4,10 @@ import LiveRoomMessages
 import LiveRoomStore
 import LiveRoomRPC
 import LiveRoomRTMP
+import CoreMetrics
 import Logging
 import NIOCore
+import Prometheus
 import NIOPosix
 import ServiceLifecycle
 
@@ -17,6 +19,7 @@ public final class Daemon: Service, Sendable {
     private let store: SQLiteStore
     private let server: RPCServer
     private let rtmp: RTMPServer?
+    private let metricsServer: MetricsServer?
     private let logger: Logger
 
     public init(configuration: DaemonConfiguration, logger: Logger) throws {
@@ -31,14 +34,27 @@ public final class Daemon: Service, Sendable {
         let clock = AdjustableClock()
         var builtin = PlatformSettings(id: PlatformSettings.builtinID, displayName: "LiveRoom (built-in)")
         builtin.keyTTLMs = configuration.keyTTLSeconds * 1000
+        // Metrics go to a registry of this daemon's own (no global bootstrap), or nowhere.
+        let prometheus = PrometheusCollectorRegistry()
+        var prometheusFactory = PrometheusMetricsFactory(registry: prometheus)
+        // Calls take tens of microseconds; the default buckets start at 5 ms.
+        prometheusFactory.defaultDurationHistogramBuckets = [
+            .microseconds(50), .microseconds(100), .microseconds(250), .microseconds(500), .milliseconds(1), .milliseconds(2),
+            .milliseconds(5), .milliseconds(10), .milliseconds(25), .milliseconds(50), .milliseconds(100), .milliseconds(250),
+            .milliseconds(500), .seconds(1), .seconds(2), .seconds(5), .seconds(10), .seconds(30),
+        ]
+        let factory: any MetricsFactory = configuration.metrics == nil ? NOOPMetricsHandler.instance : prometheusFactory
+        let metrics = RoomMetrics(factory: factory)
         var connectors: [String: PlatformClient] = [:]
-        for p in configuration.platforms { connectors[p.id] = try RPCPlatformConnector(platform: p) }
+        for p in configuration.platforms {
+            connectors[p.id] = try RPCPlatformConnector(platform: p, errors: metrics.connectorError(platform: p.id))
+        }
         var media = MediaSettings()
         media.publisherIdleTimeoutMs = configuration.publisherIdleTimeoutMs
         media.viewerQueue.skipBytes = configuration.viewerQueueBytes
         media.viewerQueue.maxSkips = configuration.viewerMaxSkips
         rooms = RoomRegistry(store: store, platforms: [builtin] + configuration.platforms, connectors: connectors,
-                             builtin: configuration.builtin, clock: clock, media: media)
+                             builtin: configuration.builtin, clock: clock, media: media, metrics: metrics)
         self.store = store
 
         var registry = ServiceRegistry()
@@ -46,7 +62,7 @@ public final class Daemon: Service, Sendable {
         RoomServiceHandlers.register(rooms, in: &registry)
         MediaServiceHandlers.register(rooms, in: &registry)
         AudienceServiceHandlers.register(rooms, in: &registry)
-        ReportAudienceHandler.register(rooms, AudienceIngestor(store: store, clock: clock), platforms: configuration.platforms, in: &registry)
+        ReportAudienceHandler.register(rooms, AudienceIngestor(store: store, clock: clock, metrics: metrics), platforms: configuration.platforms, in: &registry)
         if configuration.enableTestService {
             InteropService.register(in: &registry)
             TestControlHandlers.register(clock, in: &registry)
@@ -61,6 +77,7 @@ public final class Daemon: Service, Sendable {
         serverConfiguration.maxConcurrentCallsPerConnection = configuration.maxConcurrentCalls
         serverConfiguration.gracePeriod = .seconds(Int64(configuration.gracePeriodSeconds))
         serverConfiguration.authenticate = TCPAuthenticator(token: configuration.tcpToken).check
+        if configuration.metrics != nil { serverConfiguration.metrics = RPCMetrics(factory: factory, methods: registry.paths) }
         self.server = RPCServer(configuration: serverConfiguration, registry: registry, logger: logger)
 
         if let address = configuration.rtmp, case .tcp(let host, let port) = try Endpoint.parseTCP(address) {
@@ -69,6 +86,31 @@ public final class Daemon: Service, Sendable {
             rtmp = RTMPServer(configuration: rtmpConfiguration, ingest: RTMPRoomIngest(registry: rooms), logger: logger)
         } else {
             rtmp = nil
+        }
+
+        if let address = configuration.metrics, case .tcp(let host, let port) = try Endpoint.parseTCP(address) {
+            let roomsGauge = { (status: RoomStatus) in
+                Meter(label: "liveroom_rooms", dimensions: [("status", Self.statusLabel(status))], factory: factory)
+            }
+            let gauges = [RoomStatus.notStarted, .live, .ended].map { ($0, roomsGauge($0)) }
+            metricsServer = MetricsServer(host: host, port: port, render: { [store] in
+                // Room counts come from the store at scrape time, so they are right across restarts.
+                if let counts = try? await store.roomCounts() {
+                    for (status, gauge) in gauges { gauge.set(counts[status] ?? 0) }
+                }
+                return prometheus.emitToString()
+            }, logger: logger)
+        } else {
+            metricsServer = nil
+        }
+    }
+
+    static func statusLabel(_ s: RoomStatus) -> String {
+        switch s {
+        case .notStarted: "not_started"
+        case .live: "live"
+        case .ended: "ended"
+        default: "unspecified"
         }
     }
 
@@ -94,6 +136,11 @@ public final class Daemon: Service, Sendable {
                 await rooms.setPushServer("rtmp://\(advertised):\(port)/\(configuration.rtmpApp)")
             }
         }
+        if let metricsServer, let address = configuration.metrics {
+            do { _ = try await metricsServer.start() } catch {
+                throw ServerStartError("cannot listen for metrics on \(address): \(error)")
+            }
+        }
         return endpoints
     }
 
@@ -107,6 +154,17 @@ public final class Daemon: Service, Sendable {
             }
         }
         defer { flusher.cancel() }
+        let (store, health) = (self.store, self.health)
+        let storeWatch = Task {
+            // Health tells the truth about the store: NOT_SERVING while writes fail.
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .seconds(1))
+                let writable = store.isWritable ? true : await store.probeWritable()
+                await health.setStoreWritable(writable)
+            }
+        }
+        defer { storeWatch.cancel() }
+        defer { metricsServer?.stop() }
         let rtmp = self.rtmp
         let rtmpTask = Task { try await rtmp?.run() }
         defer { rtmp?.stop() }
@@ -118,7 +176,7 @@ public final class Daemon: Service, Sendable {
         } onGracefulShutdown: {
             rtmp?.stop()
             Task {
-                await self.health.set(.notServing)
+                await self.health.beginDraining()
                 await self.health.finishWatchers()
             }
         }

@@ -24,6 +24,8 @@ public struct DaemonConfiguration: Sendable, Equatable {
     public var pushServerConfigured = false
     /// The RTMP listener for encoders; nil turns it off.
     public var rtmp: String? = "127.0.0.1:1935"
+    /// Prometheus metrics over HTTP at HOST:PORT (`GET /metrics`); nil turns them off.
+    public var metrics: String?
     /// The RTMP application name publishers use (`rtmp://HOST:PORT/APP/STREAM_KEY`).
     public var rtmpApp = "live"
     /// Key lifetime on the built-in platform.
@@ -116,6 +118,10 @@ public struct DaemonConfiguration: Sendable, Equatable {
                 if value == "off" { rtmp = nil; continue }
                 do { _ = try Endpoint.parseTCP(value) } catch { throw fail("rtmp: \(error) (or \"off\")") }
                 rtmp = value
+            case "metrics":
+                if value == "off" { metrics = nil; continue }
+                do { _ = try Endpoint.parseTCP(value) } catch { throw fail("metrics: \(error) (or \"off\")") }
+                metrics = value
             case "rtmp_app":
                 guard !value.isEmpty, value.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" }) else {
                     throw fail("rtmp_app may use letters, digits, - and _ only, got \"\(value)\"")

@@ -6,6 +6,8 @@ public actor HealthState {
     private var statuses: [String: ServingStatus] = ["": .serving]
     private var watchers: [Int: (service: String, continuation: AsyncStream<ServingStatus>.Continuation)] = [:]
     private var nextWatcher = 0
+    private var draining = false
+    private var storeWritable = true
 
     public init(services: [String]) {
         for s in services { statuses[s] = .serving }
@@ -25,6 +27,19 @@ public actor HealthState {
         for (_, w) in watchers where service.isEmpty || w.service == service {
             w.continuation.yield(statuses[w.service] ?? .serviceUnknown)
         }
+    }
+
+    /// The store stopped (or resumed) taking writes: NOT_SERVING while it cannot, unless draining.
+    public func setStoreWritable(_ writable: Bool) {
+        guard writable != storeWritable else { return }
+        storeWritable = writable
+        if !draining { set(writable ? .serving : .notServing) }
+    }
+
+    /// Graceful shutdown began: NOT_SERVING from now on.
+    public func beginDraining() {
+        draining = true
+        set(.notServing)
     }
 
     func watch(_ service: String) -> AsyncStream<ServingStatus> {

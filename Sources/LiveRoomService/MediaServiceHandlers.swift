@@ -9,6 +9,8 @@ public enum MediaServiceHandlers {
             try await domain { try await publish(registry, requests, context) }
         }
         services.serverStreaming(MediaService.watch) { request, sender, context in
+            context.addLogMetadata("room", request.roomId)
+            context.addLogMetadata("viewer", request.viewerId)
             try await domain { try await watch(registry, request, sender, context) }
         }
     }
@@ -20,9 +22,10 @@ public enum MediaServiceHandlers {
         guard let first = try await it.next(), case .start(let start)? = first.message else {
             throw RoomError(.invalidArgument, "the first StreamData message must be `start` with room_id and stream_key")
         }
+        context.addLogMetadata("room", start.roomId)
         let room = try await registry.room(start.roomId)
         let session = try await room.beginPublish(key: start.streamKey, publisherId: start.publisherId)
-        context.logger.info("publisher started", metadata: ["room": "\(start.roomId)", "publisher": "\(start.publisherId)"])
+        context.logger.info("publisher started", metadata: ["publisher": "\(start.publisherId)"])
         // A takeover or close ends this call at once; so does silence past the idle timeout.
         let watchdog = room.supervise(session) { reason in context.abort(RPCStatus(reason)) }
         defer { watchdog.cancel() }
@@ -75,8 +78,9 @@ public enum MediaServiceHandlers {
 /// `liveroom.v1.AudienceService`: our own viewers' statistics.
 public enum AudienceServiceHandlers {
     public static func register(_ registry: RoomRegistry, in services: inout ServiceRegistry) {
-        services.unary(AudienceService.getRoomStats) { request, _ in
-            try await domain {
+        services.unary(AudienceService.getRoomStats) { request, context in
+            context.addLogMetadata("room", request.roomId)
+            return try await domain {
                 let room = try await registry.room(request.roomId)
                 var r = GetRoomStatsResponse()
                 r.roomId = request.roomId
@@ -92,8 +96,9 @@ public enum AudienceServiceHandlers {
                 return r
             }
         }
-        services.unary(AudienceService.listViewers) { request, _ in
-            try await domain {
+        services.unary(AudienceService.listViewers) { request, context in
+            context.addLogMetadata("room", request.roomId)
+            return try await domain {
                 guard request.pageSize >= 0 else { throw RoomError(.invalidArgument, "page_size must not be negative") }
                 let size = request.pageSize == 0 ? 50 : min(Int(request.pageSize), 1000)
                 var offset = 0

@@ -1,3 +1,4 @@
+import CoreMetrics
 import LiveRoomDomain
 import LiveRoomMessages
 import LiveRoomRPC
@@ -8,9 +9,11 @@ public actor RPCPlatformConnector: PlatformClient {
     private let platform: PlatformSettings
     private let endpoint: Endpoint
     private var client: RPCClient?
+    private let errors: CoreMetrics.Counter?
 
-    public init(platform: PlatformSettings) throws {
+    public init(platform: PlatformSettings, errors: CoreMetrics.Counter? = nil) throws {
         self.platform = platform
+        self.errors = errors
         let address = platform.connector
         if address.hasPrefix("unix:") {
             endpoint = .unix(path: String(address.dropFirst(5)))
@@ -41,6 +44,15 @@ public actor RPCPlatformConnector: PlatformClient {
     }
 
     private func call<I, O>(_ method: ProtoMethod<I, O>, _ request: I, timeoutMs: Int64? = nil) async throws -> O {
+        do {
+            return try await attempt(method, request, timeoutMs: timeoutMs)
+        } catch {
+            errors?.increment()
+            throw error
+        }
+    }
+
+    private func attempt<I, O>(_ method: ProtoMethod<I, O>, _ request: I, timeoutMs: Int64? = nil) async throws -> O {
         let ms = timeoutMs ?? platform.timeoutMs
         for attempt in 0..<2 {
             let c = try await connected()

@@ -50,8 +50,9 @@ public enum RoomServiceHandlers {
                 return r
             }
         }
-        services.unary(RoomService.getRoom) { request, _ in
-            try await domain {
+        services.unary(RoomService.getRoom) { request, context in
+            context.addLogMetadata("room", request.roomId)
+            return try await domain {
                 var r = GetRoomResponse()
                 r.room = try await registry.room(request.roomId).snapshot().message(nowMs: registry.now)
                 return r
@@ -76,15 +77,17 @@ public enum RoomServiceHandlers {
                 return r
             }
         }
-        services.unary(RoomService.refreshRoom) { request, _ in
-            try await domain {
+        services.unary(RoomService.refreshRoom) { request, context in
+            context.addLogMetadata("room", request.roomId)
+            return try await domain {
                 var r = RefreshRoomResponse()
                 r.room = try await registry.room(request.roomId).refresh().message(nowMs: registry.now)
                 return r
             }
         }
         services.unary(RoomService.rotateKey) { request, context in
-            try await domain {
+            context.addLogMetadata("room", request.roomId)
+            return try await domain {
                 let room = try await registry.room(request.roomId).rotateKey()
                 context.logger.info("stream key rotated", metadata: ["room": "\(room.id)"])
                 var r = RotateKeyResponse()
@@ -93,7 +96,8 @@ public enum RoomServiceHandlers {
             }
         }
         services.unary(RoomService.closeRoom) { request, context in
-            try await domain {
+            context.addLogMetadata("room", request.roomId)
+            return try await domain {
                 let room = try await registry.room(request.roomId).close()
                 context.logger.info("room closed", metadata: ["room": "\(room.id)"])
                 var r = CloseRoomResponse()

@@ -1,6 +1,7 @@
 import Crypto
 import Foundation
 import GRDB
+import Synchronization
 import LiveRoomDomain
 import LiveRoomMessages
 
@@ -12,6 +13,7 @@ import LiveRoomMessages
 /// the API shows the current key, as an admin list does; hashing would lose that.
 public final class SQLiteStore: RoomStore, ViewerStore, AudienceStore, Sendable {
     let pool: DatabasePool
+    private let writable = Mutex(true)
     /// The master key's bytes (SymmetricKey itself is not Sendable).
     private let masterKeyBytes: Data
     private var masterKey: SymmetricKey { SymmetricKey(data: masterKeyBytes) }
@@ -127,6 +129,9 @@ public final class SQLiteStore: RoomStore, ViewerStore, AudienceStore, Sendable 
                 CREATE INDEX stream_keys_by_digest ON stream_keys(key_digest) WHERE revoked_at_ms IS NULL;
                 """)
         }
+        m.registerMigration("v5: a row health writes to find out whether the store takes writes") { db in
+            try db.execute(sql: "CREATE TABLE store_probe (id INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL, pad BLOB)")
+        }
         return m
     }
 
@@ -134,8 +139,7 @@ public final class SQLiteStore: RoomStore, ViewerStore, AudienceStore, Sendable 
 
     public func insertReports(_ reports: [StoredReport]) async throws -> [Bool] {
         let encoded = try reports.map { r -> (StoredReport, Data) in (r, Data(try r.report.serializedBytes())) }
-        do {
-            return try await pool.write { db in
+        return try await write("store audience reports") { db in
                 let statement = try db.cachedStatement(sql: """
                     INSERT OR IGNORE INTO audience_reports (platform_id, connector_id, sequence, room_id, received_at_ms, report)
                     VALUES (?, ?, ?, ?, ?, ?)
@@ -147,9 +151,6 @@ public final class SQLiteStore: RoomStore, ViewerStore, AudienceStore, Sendable 
                     inserted.append(db.changesCount > 0)
                 }
                 return inserted
-            }
-        } catch let error as DatabaseError {
-            throw Self.translate(error, "store audience reports")
         }
     }
 
@@ -212,17 +213,13 @@ public final class SQLiteStore: RoomStore, ViewerStore, AudienceStore, Sendable 
     }
 
     public func closeOutOnlineViewers() async throws -> Int {
-        do {
-            return try await pool.write { db in
+        return try await write("close out viewers online at the last stop") { db in
                 try db.execute(sql: """
                     UPDATE viewers SET watch_ms = watch_ms + max(0, last_seen_ms - session_started_ms),
                         last_leave_ms = last_seen_ms, times_left = times_left + 1, online = 0
                     WHERE online = 1
                     """)
                 return db.changesCount
-            }
-        } catch let error as DatabaseError {
-            throw Self.translate(error, "close out viewers online at the last stop")
         }
     }
 
@@ -338,11 +335,46 @@ public final class SQLiteStore: RoomStore, ViewerStore, AudienceStore, Sendable 
         }
     }
 
-    private func write(_ what: String, _ body: @escaping @Sendable (Database) throws -> Void) async throws {
+    /// Every write goes through here, so `isWritable` reflects the last write's outcome.
+    @discardableResult
+    private func write<T: Sendable>(_ what: String, _ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
         do {
-            try await pool.write(body)
+            let result = try await pool.write(body)
+            writable.withLock { $0 = true }
+            return result
         } catch let error as DatabaseError {
-            throw Self.translate(error, what)
+            let translated = Self.translate(error, what)
+            if translated.code == .unavailable, error.resultCode != .SQLITE_BUSY, error.resultCode != .SQLITE_LOCKED {
+                writable.withLock { $0 = false }
+            }
+            throw translated
+        }
+    }
+
+    /// False after a write failed for lack of space or a broken disk, until a write succeeds.
+    public var isWritable: Bool { writable.withLock { $0 } }
+
+    /// Tries a small write (used by health while the store is unwritable, to notice recovery).
+    public func probeWritable() async -> Bool {
+        let now = Int64(Date().timeIntervalSince1970 * 1000)
+        do {
+            // A few pages' worth, removed again so later probes need fresh space too.
+            try await write("health probe") { db in
+                try db.execute(sql: "INSERT OR REPLACE INTO store_probe (id, at_ms, pad) VALUES (1, ?, zeroblob(8192))", arguments: [now])
+            }
+            try await write("health probe") { db in try db.execute(sql: "DELETE FROM store_probe") }
+        } catch {}
+        return isWritable
+    }
+
+    /// How many rooms are in each status.
+    public func roomCounts() async throws -> [RoomStatus: Int] {
+        try await read { db in
+            var counts: [RoomStatus: Int] = [:]
+            for row in try Row.fetchAll(db, sql: "SELECT status, count(*) AS n FROM rooms GROUP BY status") {
+                counts[RoomStatus(rawValue: row["status"])] = row["n"]
+            }
+            return counts
         }
     }
 

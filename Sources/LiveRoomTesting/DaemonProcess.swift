@@ -10,6 +10,8 @@ public final class DaemonProcess: @unchecked Sendable {
     public private(set) var tcpPort = 0
     /// The RTMP listener's port (0 if the daemon runs without one).
     public private(set) var rtmpPort = 0
+    /// The metrics listener's port, when started with `--metrics 127.0.0.1:0`.
+    public private(set) var metricsPort = 0
     private let process = Process()
     private let logURL: URL
 
@@ -48,6 +50,11 @@ public final class DaemonProcess: @unchecked Sendable {
                     let r = rtmpLine.range(of: #"127\.0\.0\.1:(\d+)"#, options: .regularExpression)
                 {
                     rtmpPort = Int(rtmpLine[r].split(separator: ":").last!)!
+                }
+                if let metricsLine = text.split(separator: "\n").first(where: { $0.contains("metrics listening") }),
+                    let r = metricsLine.range(of: #"127\.0\.0\.1:(\d+)"#, options: .regularExpression)
+                {
+                    metricsPort = Int(metricsLine[r].split(separator: ":").last!)!
                 }
                 return
             }

@@ -61,14 +61,26 @@ struct HealthCommand: AsyncParsableCommand {
     @OptionGroup var global: GlobalOptions
     @Argument(help: "A service name; empty for the whole daemon.")
     var service = ""
+    @Option(help: "Keep asking for up to this many seconds until the daemon is serving (for scripts that start it).")
+    var wait: Double?
 
     func run() async throws {
         try await reportingErrors {
-            let client = try await global.connection.connect()
-            defer { Task { await client.close() } }
             var request = HealthCheckRequest()
             request.service = service
-            let response = try await client.unary(Health.check, request, timeout: global.deadline ?? .seconds(5))
+            let until = ContinuousClock.now + .milliseconds(Int64((wait ?? 0) * 1000))
+            var response = HealthCheckResponse()
+            while true {
+                do {
+                    let client = try await global.connection.connect()
+                    response = try await client.unary(Health.check, request, timeout: global.deadline ?? .seconds(5))
+                    await client.close()
+                    if response.status == .serving || ContinuousClock.now >= until { break }
+                } catch {
+                    if ContinuousClock.now >= until { throw error }
+                }
+                try await Task.sleep(for: .milliseconds(100))
+            }
             let name = response.status.name.replacingOccurrences(of: "SERVING_STATUS_", with: "")
             printLine(global.json ? #"{"status":"\#(response.status.name)"}"# : name)
             if response.status != .serving { throw ExitCode(1) }

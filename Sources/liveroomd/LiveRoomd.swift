@@ -29,6 +29,9 @@ struct LiveRoomd: AsyncParsableCommand {
     @Option(help: "RTMP listener for encoders (OBS, ffmpeg) at HOST:PORT, or \"off\". Default 127.0.0.1:1935.")
     var rtmp: String?
 
+    @Option(help: "Serve Prometheus metrics over HTTP at HOST:PORT (GET /metrics). Off by default.")
+    var metrics: String?
+
     @Option(name: .customLong("data-dir"), help: "Where the daemon keeps its data. Default ./data.")
     var dataDir: String?
 
@@ -53,6 +56,12 @@ struct LiveRoomd: AsyncParsableCommand {
         }
         if let socket { settings.socketPath = socket }
         if let tcp { settings.tcp = tcp }
+        if let metrics {
+            if metrics == "off" { settings.metrics = nil } else {
+                do { _ = try Endpoint.parseTCP(metrics) } catch { throw ValidationError("--metrics: \(error)") }
+                settings.metrics = metrics
+            }
+        }
         if let rtmp {
             if rtmp == "off" { settings.rtmp = nil } else {
                 do { _ = try Endpoint.parseTCP(rtmp) } catch { throw ValidationError("--rtmp: \(error)") }

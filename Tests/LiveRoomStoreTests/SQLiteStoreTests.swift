@@ -145,5 +145,14 @@ final class SQLiteStoreTests: XCTestCase {
         XCTAssertNotNil(first, "reads still work")
         let all = try await store.list(RoomQuery(limit: 5000))
         XCTAssertEqual(all.count, stored.count, "nothing acknowledged was lost")
+
+        XCTAssertFalse(store.isWritable, "a full store says so")
+        let probe = await store.probeWritable()
+        XCTAssertFalse(probe, "and a probe cannot write either")
+        // Space comes back (here: the cap is raised); the next probe notices.
+        try await store.pool.writeWithoutTransaction { try $0.execute(sql: "PRAGMA max_page_count = 100000") }
+        let recovered = await store.probeWritable()
+        XCTAssertTrue(recovered)
+        XCTAssertTrue(store.isWritable)
     }
 }
