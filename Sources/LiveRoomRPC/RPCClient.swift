@@ -167,7 +167,14 @@ public final class ClientCall: Sendable {
     public func send(_ payload: RPCPayload, end: Bool = false) async throws {
         let connection = self.connection
         let id = self.id
-        try await connection.eventLoop.flatSubmit { connection.value.send(payload, on: id, end: end) }.get()
+        do {
+            try await connection.eventLoop.flatSubmit { connection.value.send(payload, on: id, end: end) }.get()
+        } catch let failure as RPCStatus where failure.code == .cancelled {
+            // The server ended the call under this send (a wrong key, say): its status says why,
+            // and it has arrived by now, since the call is gone.
+            if let outcome = try? await outcomeFuture.get(), outcome.status.code != .ok { throw outcome.status }
+            throw failure
+        }
     }
 
     /// No more messages from this side.

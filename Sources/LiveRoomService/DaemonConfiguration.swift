@@ -116,11 +116,11 @@ public struct DaemonConfiguration: Sendable, Equatable {
                 pushServerConfigured = true
             case "rtmp":
                 if value == "off" { rtmp = nil; continue }
-                do { _ = try Endpoint.parseTCP(value) } catch { throw fail("rtmp: \(error) (or \"off\")") }
+                do { _ = try Endpoint.parseTCP(value) } catch { throw fail("rtmp: \(Self.reason(error)) (or \"off\")") }
                 rtmp = value
             case "metrics":
                 if value == "off" { metrics = nil; continue }
-                do { _ = try Endpoint.parseTCP(value) } catch { throw fail("metrics: \(error) (or \"off\")") }
+                do { _ = try Endpoint.parseTCP(value) } catch { throw fail("metrics: \(Self.reason(error)) (or \"off\")") }
                 metrics = value
             case "rtmp_app":
                 guard !value.isEmpty, value.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" }) else {
@@ -134,7 +134,7 @@ public struct DaemonConfiguration: Sendable, Equatable {
             case "viewer_queue_bytes": viewerQueueBytes = try int(16 * 1024...(1024 * 1024 * 1024))
             case "viewer_max_skips": viewerMaxSkips = try int(0...1000)
             case "tcp":
-                do { _ = try Endpoint.parseTCP(value) } catch { throw fail("tcp: \(error)") }
+                do { _ = try Endpoint.parseTCP(value) } catch { throw fail("tcp: \(Self.reason(error))") }
                 tcp = value
             case "data_dir": dataDir = value
             case "max_frame_size": maxFrameSize = try int(1024...(64 * 1024 * 1024))
@@ -156,6 +156,8 @@ public struct DaemonConfiguration: Sendable, Equatable {
             throw FileError(description: "\(name): [platform.\(p.id)] needs connector = \"unix:PATH\" or \"HOST:PORT\"")
         }
     }
+
+    private static func reason(_ error: Error) -> String { (error as? RPCStatus)?.message ?? "\(error)" }
 
     private static func stripComment(_ line: String) -> String {
         var inQuotes = false

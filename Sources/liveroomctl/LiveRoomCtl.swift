@@ -131,9 +131,11 @@ struct MethodsCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "methods", abstract: "List every method with its request and response types.")
     @Flag(help: "Machine-readable JSON output.")
     var json = false
+    @Flag(help: "Also the test-only services (served only by a daemon started with --enable-test-service).")
+    var all = false
 
     func run() async throws {
-        for m in AllServices.methods {
+        for m in AllServices.methods where all || !m.path.hasPrefix("/liveroom.testing.") {
             if json {
                 printLine(#"{"method":"\#(m.path)","kind":"\#(m.kind.rawValue)","request":"\#(m.inputType)","response":"\#(m.outputType)"}"#)
             } else {

@@ -44,8 +44,18 @@ struct LiveRoomd: AsyncParsableCommand {
     @Option(name: .customLong("tcp-token"), help: "Token for calls over TCP (or LIVEROOM_TCP_TOKEN).")
     var tcpToken: String?
 
+    @Flag(name: .customLong("check-config"), help: "Check the configuration (file and flags), print it is valid, and exit.")
+    var checkConfig = false
+
     @Flag(name: .customLong("enable-test-service"), help: .hidden)
     var enableTestService = false
+
+    /// A listener address from a flag: `HOST:PORT`, or `off` (nil).
+    static func listener(_ value: String, flag: String) throws -> String? {
+        if value == "off" { return nil }
+        do { _ = try Endpoint.parseTCP(value) } catch { throw ValidationError("--\(flag): \((error as? RPCStatus)?.message ?? "\(error)") (or \"off\")") }
+        return value
+    }
 
     func run() async throws {
         var settings = DaemonConfiguration()
@@ -56,18 +66,9 @@ struct LiveRoomd: AsyncParsableCommand {
         }
         if let socket { settings.socketPath = socket }
         if let tcp { settings.tcp = tcp }
-        if let metrics {
-            if metrics == "off" { settings.metrics = nil } else {
-                do { _ = try Endpoint.parseTCP(metrics) } catch { throw ValidationError("--metrics: \(error)") }
-                settings.metrics = metrics
-            }
-        }
-        if let rtmp {
-            if rtmp == "off" { settings.rtmp = nil } else {
-                do { _ = try Endpoint.parseTCP(rtmp) } catch { throw ValidationError("--rtmp: \(error)") }
-                settings.rtmp = rtmp
-            }
-        }
+        if let metrics { settings.metrics = try Self.listener(metrics, flag: "metrics") }
+        if let rtmp { settings.rtmp = try Self.listener(rtmp, flag: "rtmp") }
+        if let tcp { _ = try Self.listener(tcp, flag: "tcp") }
         if let dataDir { settings.dataDir = dataDir }
         if let token = tcpToken ?? ProcessInfo.processInfo.environment["LIVEROOM_TCP_TOKEN"] { settings.tcpToken = token }
         if let logLevel {
@@ -75,6 +76,11 @@ struct LiveRoomd: AsyncParsableCommand {
             settings.logLevel = level
         }
         settings.enableTestService = enableTestService
+        if let token = settings.tcpToken, token.count < 16 { throw ValidationError("the TCP token must be at least 16 characters") }
+        if checkConfig {
+            print("liveroomd: configuration \(config ?? "(defaults)") is valid: \(settings.platforms.count) external platform(s)")
+            return
+        }
         let level = settings.logLevel
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)

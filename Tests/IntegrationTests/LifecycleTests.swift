@@ -100,4 +100,27 @@ final class LifecycleTests: XCTestCase {
             XCTAssertTrue("\(error)".contains("\(config.path):3: unknown option \"max_frame_sise\""), "\(error)")
         }
     }
+
+    /// The repository's root, from this file's path.
+    static let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+    func testEveryConfigOptionIsDocumentedAndTheSampleIsValid() throws {
+        let source = try String(contentsOf: Self.repo.appendingPathComponent("Sources/LiveRoomService/DaemonConfiguration.swift"), encoding: .utf8)
+        let doc = try String(contentsOf: Self.repo.appendingPathComponent("docs/CONFIG.md"), encoding: .utf8)
+        let keys = source.matches(of: /case "([a-z_]+)"/).map { String($0.1) }.filter { $0 != "off" }
+        XCTAssertGreaterThan(keys.count, 20, "the option names are read from the parser")
+        for key in keys { XCTAssertTrue(doc.contains("`\(key)`"), "docs/CONFIG.md does not document \(key)") }
+
+        let check = Process()
+        check.executableURL = DaemonProcess.binDirectory.appendingPathComponent("liveroomd")
+        check.arguments = ["--config", Self.repo.appendingPathComponent("tools/deploy/liveroomd.conf").path, "--check-config"]
+        let out = Pipe()
+        check.standardOutput = out
+        check.standardError = out
+        try check.run()
+        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        check.waitUntilExit()
+        XCTAssertEqual(check.terminationStatus, 0, text)
+        XCTAssertTrue(text.contains("is valid"), text)
+    }
 }
