@@ -31,6 +31,8 @@ public final class ViewerQueue: Sendable {
         var skipTimes: [Int64] = []
         var finished: RoomError?? = nil  // .some(nil): ended normally
         var waiter: CheckedContinuation<Result<ViewerItem?, RoomError>, Never>?
+        /// Callback-driven consumers: told when items arrive in an empty queue, or it ends.
+        var ready: (@Sendable () -> Void)?
     }
 
     private let state = Mutex(State())
@@ -54,6 +56,7 @@ public final class ViewerQueue: Sendable {
         var wake: (CheckedContinuation<Result<ViewerItem?, RoomError>, Never>, ViewerItem)?
         var failWake: (CheckedContinuation<Result<ViewerItem?, RoomError>, Never>, RoomError)?
         var droppedWith: RoomError?
+        var notify: (@Sendable () -> Void)?
         var dropped = 0
         defer { if dropped > 0 { droppedChunks?.increment(by: dropped) } }
         let alive = state.withLock { s -> Bool in
@@ -73,6 +76,7 @@ public final class ViewerQueue: Sendable {
                         "viewer too slow: fell behind \(s.skipTimes.count) times in \(limits.windowMs / 1000) s; reconnect when the network allows")
                     s.finished = .some(error)
                     droppedWith = error
+                    notify = s.ready
                     dropped += s.items.count - s.head + 1
                     s.items.removeAll()
                     s.head = 0
@@ -97,15 +101,19 @@ public final class ViewerQueue: Sendable {
                 }
                 Self.appendSkipped(&s, nowMs)
             }
+            let wasEmpty = s.head == s.items.count
             Self.append(&s, .chunk(chunk))
             if let w = s.waiter, let item = Self.pop(&s) {
                 s.waiter = nil
                 wake = (w, item)
+            } else if wasEmpty {
+                notify = s.ready
             }
             return true
         }
         if let (w, item) = wake { w.resume(returning: .success(item)) }
         if let (w, error) = failWake { w.resume(returning: .failure(error)) }
+        notify?()
         if let droppedWith { onDrop(droppedWith) }
         return alive
     }
@@ -113,22 +121,29 @@ public final class ViewerQueue: Sendable {
     /// Offers a stream event (never dropped).
     public func offer(event: StreamEvent) {
         var wake: (CheckedContinuation<Result<ViewerItem?, RoomError>, Never>, ViewerItem)?
+        var notify: (@Sendable () -> Void)?
         state.withLock { s in
             guard s.finished == nil else { return }
+            let wasEmpty = s.head == s.items.count
             Self.append(&s, .event(event))
             if let w = s.waiter, let item = Self.pop(&s) {
                 s.waiter = nil
                 wake = (w, item)
+            } else if wasEmpty {
+                notify = s.ready
             }
         }
         if let (w, item) = wake { w.resume(returning: .success(item)) }
+        notify?()
     }
 
     /// Ends the queue: the viewer drains what is queued, then gets nil (or the error).
     public func finish(_ error: RoomError? = nil) {
         var waiter: CheckedContinuation<Result<ViewerItem?, RoomError>, Never>?
+        var notify: (@Sendable () -> Void)?
         state.withLock { s in
             guard s.finished == nil else { return }
+            notify = s.ready
             s.finished = .some(error)
             if error != nil {
                 s.items.removeAll()
@@ -141,6 +156,38 @@ public final class ViewerQueue: Sendable {
             }
         }
         if let waiter { waiter.resume(returning: error.map { .failure($0) } ?? .success(nil)) }
+        notify?()
+    }
+
+    /// What a callback-driven consumer gets from `poll()`.
+    public enum Poll: Sendable {
+        case item(ViewerItem)
+        case empty
+        /// Nothing more will come: nil when the stream ended normally, else why it was ended.
+        case finished(RoomError?)
+    }
+
+    /// Takes the next item without waiting.
+    public func poll() -> Poll {
+        state.withLock { s in
+            if let item = Self.pop(&s) { return .item(item) }
+            if let finished = s.finished { return .finished(finished) }
+            return .empty
+        }
+    }
+
+    /// Stops calling the `onReady` handler (the consumer is done).
+    public func stopNotifying() { state.withLock { $0.ready = nil } }
+
+    /// Calls `handler` whenever items arrive in an empty queue and when the queue ends, for
+    /// consumers that drain with `poll()` instead of awaiting `next()`. Called right away if
+    /// items are already waiting.
+    public func onReady(_ handler: @escaping @Sendable () -> Void) {
+        let now = state.withLock { s -> Bool in
+            s.ready = handler
+            return s.head < s.items.count || s.finished != nil
+        }
+        if now { handler() }
     }
 
     /// The next item; nil when the queue ended normally. Throws the reason it was ended otherwise.

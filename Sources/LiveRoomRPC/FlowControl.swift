@@ -37,6 +37,14 @@ struct SendWindow {
         for w in failed { w.promise.fail(error) }
     }
 
+    /// Push mode: takes credit for `frame` if it may be written now (credit left and nothing
+    /// queued ahead of it); false leaves the window unchanged.
+    mutating func take(_ frame: Frame) -> Bool {
+        guard credit > 0, waiting.isEmpty else { return false }
+        credit -= frame.payloadLength
+        return true
+    }
+
     /// Takes credit for a frame written without queueing (the first message of a call).
     mutating func consume(_ frame: Frame) {
         credit -= frame.payloadLength

@@ -55,6 +55,9 @@ public struct RequestSequence<Element: ProtoMessage>: AsyncSequence, Sendable {
 /// Typed response messages sent by a handler.
 public struct ResponseSender<Element: ProtoMessage>: Sendable {
     let writer: ResponseWriter
+
+    /// Untyped, event-loop-side writing for callback-driven streams (see `PushWriter`).
+    public var push: PushWriter { writer.push }
     public func send(_ message: Element) async throws {
         try await writer.send(try MessageCoding.encode(message))
     }

@@ -31,6 +31,8 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         var deadlineTimer: Scheduled<Void>?
         var sentInitialMetadata = false
         let startedAt: NIODeadline?
+        /// Push mode: runs when the peer grants credit.
+        var onCredit: (() -> Void)?
 
         init(id: UInt32, entry: ServiceRegistry.Entry, context: CallContext, timed: Bool) {
             self.id = id
@@ -106,6 +108,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
             var p = frame.payload
             guard let n = p.readInteger(as: UInt32.self), let call = calls[frame.callID] else { return }
             for w in call.send.grant(Int(n)) { context.write(wrapOutboundOut(w.frame), promise: w.promise) }
+            call.onCredit?()
         case .ping:
             context.write(wrapOutboundOut(Frame(.pong, callID: frame.callID, payload: frame.payload)), promise: nil)
         default:
@@ -300,6 +303,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         metrics?.callEnded(method: call.context.path, code: status.code, startedAt: call.startedAt)
         call.deadlineTimer?.cancel()
         call.task?.cancel()
+        call.onCredit = nil
         call.continuation?.finish(throwing: status)
         call.send.fail(RPCStatus(.cancelled, "the call has ended: \(status)"))
     }
@@ -320,6 +324,25 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         for w in ready { context.write(wrapOutboundOut(w.frame), promise: w.promise) }
         if !ready.isEmpty { context.flush() }
         return promise.futureResult
+    }
+
+    /// Push mode: writes now if the call has credit, else leaves the message to the caller, who
+    /// tries again from its credit handler. Does not flush. No promise, no queue: the caller's
+    /// own bounded queue is the only buffer.
+    func pushWrite(_ payload: RPCPayload, on id: UInt32) -> PushWriter.Result {
+        guard let call = calls[id], !closed else { return .ended }
+        guard payload.wireLength <= limits.maxFrameSize else { return .tooLarge }
+        let frame = payload.frame(callID: id)
+        guard call.send.take(frame) else { return .noCredit }
+        writeInitialMetadataIfNeeded(call)
+        context.write(wrapOutboundOut(frame), promise: nil)
+        return .written
+    }
+
+    func pushFlush() { if !closed { context.flush() } }
+
+    func setCreditHandler(_ handler: (() -> Void)?, on id: UInt32) {
+        calls[id]?.onCredit = handler
     }
 
     /// Queues every payload behind the call's flow-control window; the future completes when

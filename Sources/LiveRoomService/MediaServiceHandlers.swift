@@ -5,13 +5,14 @@ import LiveRoomRPC
 /// `liveroom.v1.MediaService`: publishers in, viewers out.
 public enum MediaServiceHandlers {
     public static func register(_ registry: RoomRegistry, in services: inout ServiceRegistry) {
+        let encoder = WatchEncoder()
         services.clientStreaming(MediaService.streamData) { requests, context in
             try await domain { try await publish(registry, requests, context) }
         }
         services.serverStreaming(MediaService.watch) { request, sender, context in
             context.addLogMetadata("room", request.roomId)
             context.addLogMetadata("viewer", request.viewerId)
-            try await domain { try await watch(registry, request, sender, context) }
+            try await domain { try await watch(registry, request, sender, context, encoder) }
         }
     }
 
@@ -52,21 +53,15 @@ public enum MediaServiceHandlers {
     }
 
     static func watch(_ registry: RoomRegistry, _ request: WatchRequest, _ sender: ResponseSender<WatchResponse>,
-                      _ context: CallContext) async throws {
+                      _ context: CallContext, _ encoder: WatchEncoder) async throws {
         let room = try await registry.room(request.roomId)
         let (token, queue) = try await room.join(viewerId: request.viewerId, name: request.name, phone: request.phone) { error in
             context.abort(RPCStatus(error))
         }
+        // The viewer's queue is drained from its connection's event loop, not by this task.
+        let pump = ViewerPump(queue: queue, push: sender.push, encoder: encoder)
         do {
-            while let item = try await queue.next() {
-                var r = WatchResponse()
-                switch item {
-                case .chunk(let c): r.message = .chunk(c)
-                case .event(let e): r.message = .event(e)
-                }
-                try await sender.send(r)
-                if case .event(let e) = item, e.kind == .closed { break }
-            }
+            try await pump.run()
         } catch {
             await room.leave(token)
             throw error

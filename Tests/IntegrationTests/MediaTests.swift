@@ -230,6 +230,8 @@ final class MediaTests: XCTestCase {
         var client = try await d.connect(.unix)
         let room = try await room(client)
         let a = try await watch(client, room, viewer: "ann", name: "Ann", phone: "111")
+        // Two calls opened back to back may join in either order: ann first, for the list below.
+        try await waitFor("ann online") { try await self.stats(client, room).onlineNow == 1 }
         let b = try await watch(client, room, viewer: "bob", name: "Bob", phone: "222")
         try await waitFor("two online") { try await self.stats(client, room).onlineNow == 2 }
         a.cancel()
