@@ -20,6 +20,8 @@ static const ProtobufCMessageDescriptor *const messages[] = {
   &liveroom__testing__v1__all_types__descriptor,
   &liveroom__v1__audience_report__descriptor,
   &liveroom__v1__audience_ack__descriptor,
+  &liveroom__v1__audience_report_batch__descriptor,
+  &liveroom__v1__audience_ack_batch__descriptor,
   &liveroom__v1__get_room_stats_request__descriptor,
   &liveroom__v1__viewer_stats__descriptor,
   &liveroom__v1__platform_audience__descriptor,

@@ -37,40 +37,45 @@ public actor AudienceIngestor {
 
     /// Queues a validated report; `done` gets its acknowledgement when it is durable (or why not).
     public func submit(platformId: String, _ report: AudienceReport, room: RoomActor, done: @escaping @Sendable (AudienceAck) -> Void) async {
-        let key = "\(platformId)/\(report.connectorId)"
-        if connectors[key] == nil {
-            do {
-                let loaded = try await store.sequences(platformId: platformId, connectorId: report.connectorId,
-                                                       from: report.sequence > Self.window ? report.sequence - Self.window : 0)
-                if connectors[key] == nil { connectors[key] = Connector(seen: loaded.seen, highest: loaded.highest ?? 0) }
-            } catch {
-                done(Self.ack(report.sequence, .unavailable, "\(error)"))
-                return
+        await submit(platformId: platformId, [(report, room)], done: done)
+    }
+
+    /// Queues validated reports (one trip to this actor for many); `done` is called once per
+    /// report, when it is durable or with why not.
+    public func submit(platformId: String, _ reports: [(AudienceReport, RoomActor)], done: @escaping @Sendable (AudienceAck) -> Void) async {
+        let now = clock.nowMs()
+        for (report, room) in reports {
+            let key = "\(platformId)/\(report.connectorId)"
+            if connectors[key] == nil {
+                do {
+                    let loaded = try await store.sequences(platformId: platformId, connectorId: report.connectorId,
+                                                           from: report.sequence > Self.window ? report.sequence - Self.window : 0)
+                    if connectors[key] == nil { connectors[key] = Connector(seen: loaded.seen, highest: loaded.highest ?? 0) }
+                } catch {
+                    done(Self.ack(report.sequence, .unavailable, "\(error)"))
+                    continue
+                }
+            }
+            let seq = report.sequence
+            // Mutated in place through the dictionary: copying the set would cost O(n) per report.
+            switch Self.admit(seq, into: &connectors[key]!) {
+            case .tooOld(let highest):
+                done(Self.ack(seq, .invalidArgument,
+                    "sequence \(seq) is more than \(Self.window) behind the highest (\(highest)): it cannot be told from a duplicate"))
+            case .duplicate:
+                metrics.reportsDuplicate.increment()
+                var a = Self.ok(seq, "already counted")
+                a.duplicate = true
+                done(a)
+            case .new:
+                let stored = StoredReport(platformId: platformId, connectorId: report.connectorId, sequence: seq, roomId: report.roomId,
+                                          receivedAtMs: now, report: report)
+                pending.append(Pending(report: stored, room: room, done: done))
             }
         }
-        let seq = report.sequence
-        // Mutated in place through the dictionary: copying the set would cost O(n) per report.
-        let verdict = Self.admit(seq, into: &connectors[key]!)
-        switch verdict {
-        case .tooOld(let highest):
-            done(Self.ack(seq, .invalidArgument,
-                "sequence \(seq) is more than \(Self.window) behind the highest (\(highest)): it cannot be told from a duplicate"))
-            return
-        case .duplicate:
-            metrics.reportsDuplicate.increment()
-            var a = Self.ok(seq, "already counted")
-            a.duplicate = true
-            done(a)
-            return
-        case .new:
-            break
-        }
-        let stored = StoredReport(platformId: platformId, connectorId: report.connectorId, sequence: seq, roomId: report.roomId,
-                                  receivedAtMs: clock.nowMs(), report: report)
-        pending.append(Pending(report: stored, room: room, done: done))
         if pending.count >= maxBatch {
             await flush()
-        } else if !flushScheduled {
+        } else if !pending.isEmpty && !flushScheduled {
             flushScheduled = true
             Task {
                 try? await Task.sleep(for: .milliseconds(2))

@@ -9,21 +9,52 @@ enum ReportAudienceHandler {
     static func register(_ registry: RoomRegistry, _ ingestor: AudienceIngestor, platforms: [PlatformSettings],
                          in services: inout ServiceRegistry) {
         let tokens = platforms.filter { !$0.token.isEmpty }.map { ($0.id, "Bearer \($0.token)") }
-        services.bidirectional(AudienceService.reportAudience) { requests, sender, context in
-            // The platform is whichever one's connector token was presented.
+        // The platform is whichever one's connector token was presented.
+        let platform = { @Sendable (context: CallContext) throws -> String in
             guard let presented = context.metadata["authorization"],
                 let platformId = tokens.first(where: { StreamKey.equal(presented, $0.1) })?.0
             else {
                 throw RPCStatus(.unauthenticated, "ReportAudience needs metadata \"authorization: Bearer <the platform's connector token>\"")
             }
-            let tracker = AckTracker()
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                group.addTask {
-                    // Acks ready together go out together: one trip to the event loop, one write.
-                    while let batch = await tracker.nextBatch() { try await sender.send(contentsOf: batch) }
-                }
-                var rooms: [String: (RoomActor, String)] = [:]
-                for try await report in requests {
+            context.addLogMetadata("platform", platformId)
+            return platformId
+        }
+        services.bidirectional(AudienceService.reportAudience) { requests, sender, context in
+            var it = requests.makeAsyncIterator()
+            try await ingest(registry, ingestor, platformId: try platform(context),
+                             next: { try await it.next().map { [$0] } },
+                             send: { acks in try await sender.send(contentsOf: acks) })
+            context.logger.debug("audience stream ended")
+        }
+        services.bidirectional(AudienceService.reportAudienceBatch) { requests, sender, context in
+            var it = requests.makeAsyncIterator()
+            try await ingest(registry, ingestor, platformId: try platform(context),
+                             next: { try await it.next()?.reports },
+                             send: { acks in
+                                 var batch = AudienceAckBatch()
+                                 batch.acks = acks
+                                 try await sender.send(batch)
+                             })
+            context.logger.debug("audience stream ended")
+        }
+    }
+
+    /// Checks each report, submits the good ones (a message's worth at a time) and sends the
+    /// acknowledgements as they become ready, until the input ends and all are acknowledged.
+    static func ingest(_ registry: RoomRegistry, _ ingestor: AudienceIngestor, platformId: String,
+                       next: () async throws -> [AudienceReport]?,
+                       send: @escaping @Sendable ([AudienceAck]) async throws -> Void) async throws {
+        let tracker = AckTracker()
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                // Acks ready together go out together: one trip to the event loop, one write.
+                while let batch = await tracker.nextBatch() { try await send(batch) }
+            }
+            var rooms: [String: (RoomActor, String)] = [:]
+            while let reports = try await next() {
+                var accepted: [(AudienceReport, RoomActor)] = []
+                accepted.reserveCapacity(reports.count)
+                for report in reports {
                     tracker.expect()
                     if let problem = validate(report) {
                         tracker.ack(AudienceIngestor.ack(report.sequence, .invalidArgument, problem))
@@ -47,12 +78,12 @@ enum ReportAudienceHandler {
                             "room \(report.roomId) is on platform \(room.1); connector of \(platformId) may not report for it"))
                         continue
                     }
-                    await ingestor.submit(platformId: platformId, report, room: room.0) { tracker.ack($0) }
+                    accepted.append((report, room.0))
                 }
-                tracker.inputEnded()
-                try await group.waitForAll()
+                if !accepted.isEmpty { await ingestor.submit(platformId: platformId, accepted) { tracker.ack($0) } }
             }
-            context.logger.debug("audience stream ended", metadata: ["platform": "\(platformId)"])
+            tracker.inputEnded()
+            try await group.waitForAll()
         }
     }
 

@@ -127,6 +127,60 @@ final class AudienceTests: XCTestCase {
         sims.forEach { $0.stop() }
     }
 
+    /// Sends batches on one ReportAudienceBatch stream; returns the acks by sequence.
+    func sendBatches(_ client: RPCClient, _ batches: [[AudienceReport]]) async throws -> [UInt64: AudienceAck] {
+        let call = try await client.streaming(AudienceService.reportAudienceBatch)
+        for reports in batches {
+            var b = AudienceReportBatch()
+            b.reports = reports
+            try await call.send(b)
+        }
+        call.halfClose()
+        var acks: [UInt64: AudienceAck] = [:]
+        var count = 0
+        for try await batch in call.responses {
+            for a in batch.acks { acks[a.sequence] = a }
+            count += batch.acks.count
+        }
+        XCTAssertEqual(count, batches.map(\.count).reduce(0, +), "one ack per report")
+        return acks
+    }
+
+    func testBatchesFollowTheSameRulesAsSingleReports() async throws {
+        let (d, sims) = try await start()
+        let admin = try await d.connect(.unix)
+        let room = try await makeRoom(admin, "douyin")
+        let other = try await makeRoom(admin, "kuaishou")
+        let douyin = try await connector(d, sims[0])
+        var negative = report(room, 7)
+        negative.likes = -1
+        // 1...50 with a duplicate inside a batch, a bad report, a foreign room and an unknown one.
+        let first = try await sendBatches(douyin, [
+            (1...6).map { report(room, $0) } + [report(room, 6), negative],
+            (8...50).map { report(room, $0) } + [report(other, 51), report("rm_missing", 52)],
+        ])
+        XCTAssertEqual(first[7]?.code, RPCStatus.Code.invalidArgument.rawValue)
+        XCTAssertEqual(first[51]?.code, RPCStatus.Code.permissionDenied.rawValue)
+        XCTAssertEqual(first[52]?.code, RPCStatus.Code.notFound.rawValue)
+        XCTAssertEqual((1...50).filter { $0 != 7 && first[UInt64($0)]?.code == 0 }.count, 49)
+        // A reconnect resends 40...50 in one batch with 53...60: eleven duplicates.
+        let second = try await sendBatches(douyin, [(40...50).map { report(room, $0) } + (53...60).map { report(room, $0) }])
+        XCTAssertEqual(second.values.filter(\.duplicate).count, 11)
+        // Single reports and batches share the duplicate memory.
+        let single = try await send(douyin, [report(room, 60), report(room, 61)])
+        XCTAssertEqual(single[60]?.duplicate, true)
+        XCTAssertEqual(single[61]?.duplicate, false)
+
+        let s = try await stats(admin, room)
+        let expected = 49 + 8 + 1  // 1...50 without 7, 53...60, 61
+        XCTAssertEqual(s.platforms.first?.reports, Int64(expected))
+        XCTAssertEqual(s.platforms.first?.comments, Int64(expected))
+        XCTAssertEqual(s.platforms.first?.sales?.minorUnits, Int64(expected * 100))
+        for c in [admin, douyin] { await c.close() }
+        try await d.stop()
+        sims.forEach { $0.stop() }
+    }
+
     func testIdentityUnknownRoomsAndBadReports() async throws {
         let (d, sims) = try await start()
         let admin = try await d.connect(.unix)

@@ -37,6 +37,8 @@ public enum AllMessages {
         AllTypes.self,
         AudienceReport.self,
         AudienceAck.self,
+        AudienceReportBatch.self,
+        AudienceAckBatch.self,
         GetRoomStatsRequest.self,
         ViewerStats.self,
         PlatformAudience.self,

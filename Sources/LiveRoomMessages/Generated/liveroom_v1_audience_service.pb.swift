@@ -80,6 +80,40 @@ public struct AudienceAck: ProtoMessage {
     }
 }
 
+/// `liveroom.v1.AudienceReportBatch`
+public struct AudienceReportBatch: ProtoMessage {
+    public var reports: [AudienceReport] = []
+
+    public static let protoDescriptor = LiveRoomDescriptors.message("liveroom.v1.AudienceReportBatch")
+
+    public init() {}
+
+    public init(reader r: ProtoReader) throws {
+        self.reports = try r.repeatedMessage(0, as: AudienceReport.self)
+    }
+
+    public func write(to w: inout ProtoWriter) throws {
+        try w.repeatedMessage(0, reports)
+    }
+}
+
+/// `liveroom.v1.AudienceAckBatch`
+public struct AudienceAckBatch: ProtoMessage {
+    public var acks: [AudienceAck] = []
+
+    public static let protoDescriptor = LiveRoomDescriptors.message("liveroom.v1.AudienceAckBatch")
+
+    public init() {}
+
+    public init(reader r: ProtoReader) throws {
+        self.acks = try r.repeatedMessage(0, as: AudienceAck.self)
+    }
+
+    public func write(to w: inout ProtoWriter) throws {
+        try w.repeatedMessage(0, acks)
+    }
+}
+
 /// `liveroom.v1.GetRoomStatsRequest`
 public struct GetRoomStatsRequest: ProtoMessage {
     public var roomId: String = ""
@@ -342,10 +376,12 @@ public enum AudienceService {
 
     public static let reportAudience = ProtoMethod<AudienceReport, AudienceAck>(
         MethodInfo(service: name, name: "ReportAudience", kind: .bidirectional, inputType: "liveroom.v1.AudienceReport", outputType: "liveroom.v1.AudienceAck"))
+    public static let reportAudienceBatch = ProtoMethod<AudienceReportBatch, AudienceAckBatch>(
+        MethodInfo(service: name, name: "ReportAudienceBatch", kind: .bidirectional, inputType: "liveroom.v1.AudienceReportBatch", outputType: "liveroom.v1.AudienceAckBatch"))
     public static let getRoomStats = ProtoMethod<GetRoomStatsRequest, GetRoomStatsResponse>(
         MethodInfo(service: name, name: "GetRoomStats", kind: .unary, inputType: "liveroom.v1.GetRoomStatsRequest", outputType: "liveroom.v1.GetRoomStatsResponse"))
     public static let listViewers = ProtoMethod<ListViewersRequest, ListViewersResponse>(
         MethodInfo(service: name, name: "ListViewers", kind: .unary, inputType: "liveroom.v1.ListViewersRequest", outputType: "liveroom.v1.ListViewersResponse"))
 
-    public static let methods: [MethodInfo] = [reportAudience.info, getRoomStats.info, listViewers.info]
+    public static let methods: [MethodInfo] = [reportAudience.info, reportAudienceBatch.info, getRoomStats.info, listViewers.info]
 }

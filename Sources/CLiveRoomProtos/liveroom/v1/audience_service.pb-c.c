@@ -97,6 +97,96 @@ void   liveroom__v1__audience_ack__free_unpacked
   assert(message->base.descriptor == &liveroom__v1__audience_ack__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   liveroom__v1__audience_report_batch__init
+                     (Liveroom__V1__AudienceReportBatch         *message)
+{
+  static const Liveroom__V1__AudienceReportBatch init_value = LIVEROOM__V1__AUDIENCE_REPORT_BATCH__INIT;
+  *message = init_value;
+}
+size_t liveroom__v1__audience_report_batch__get_packed_size
+                     (const Liveroom__V1__AudienceReportBatch *message)
+{
+  assert(message->base.descriptor == &liveroom__v1__audience_report_batch__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t liveroom__v1__audience_report_batch__pack
+                     (const Liveroom__V1__AudienceReportBatch *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &liveroom__v1__audience_report_batch__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t liveroom__v1__audience_report_batch__pack_to_buffer
+                     (const Liveroom__V1__AudienceReportBatch *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &liveroom__v1__audience_report_batch__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Liveroom__V1__AudienceReportBatch *
+       liveroom__v1__audience_report_batch__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Liveroom__V1__AudienceReportBatch *)
+     protobuf_c_message_unpack (&liveroom__v1__audience_report_batch__descriptor,
+                                allocator, len, data);
+}
+void   liveroom__v1__audience_report_batch__free_unpacked
+                     (Liveroom__V1__AudienceReportBatch *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &liveroom__v1__audience_report_batch__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   liveroom__v1__audience_ack_batch__init
+                     (Liveroom__V1__AudienceAckBatch         *message)
+{
+  static const Liveroom__V1__AudienceAckBatch init_value = LIVEROOM__V1__AUDIENCE_ACK_BATCH__INIT;
+  *message = init_value;
+}
+size_t liveroom__v1__audience_ack_batch__get_packed_size
+                     (const Liveroom__V1__AudienceAckBatch *message)
+{
+  assert(message->base.descriptor == &liveroom__v1__audience_ack_batch__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t liveroom__v1__audience_ack_batch__pack
+                     (const Liveroom__V1__AudienceAckBatch *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &liveroom__v1__audience_ack_batch__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t liveroom__v1__audience_ack_batch__pack_to_buffer
+                     (const Liveroom__V1__AudienceAckBatch *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &liveroom__v1__audience_ack_batch__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Liveroom__V1__AudienceAckBatch *
+       liveroom__v1__audience_ack_batch__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Liveroom__V1__AudienceAckBatch *)
+     protobuf_c_message_unpack (&liveroom__v1__audience_ack_batch__descriptor,
+                                allocator, len, data);
+}
+void   liveroom__v1__audience_ack_batch__free_unpacked
+                     (Liveroom__V1__AudienceAckBatch *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &liveroom__v1__audience_ack_batch__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 void   liveroom__v1__get_room_stats_request__init
                      (Liveroom__V1__GetRoomStatsRequest         *message)
 {
@@ -713,6 +803,82 @@ const ProtobufCMessageDescriptor liveroom__v1__audience_ack__descriptor =
   liveroom__v1__audience_ack__field_indices_by_name,
   1,  liveroom__v1__audience_ack__number_ranges,
   (ProtobufCMessageInit) liveroom__v1__audience_ack__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor liveroom__v1__audience_report_batch__field_descriptors[1] =
+{
+  {
+    "reports",
+    1,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Liveroom__V1__AudienceReportBatch, n_reports),
+    offsetof(Liveroom__V1__AudienceReportBatch, reports),
+    &liveroom__v1__audience_report__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned liveroom__v1__audience_report_batch__field_indices_by_name[] = {
+  0,   /* field[0] = reports */
+};
+static const ProtobufCIntRange liveroom__v1__audience_report_batch__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 1 }
+};
+const ProtobufCMessageDescriptor liveroom__v1__audience_report_batch__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "liveroom.v1.AudienceReportBatch",
+  "AudienceReportBatch",
+  "Liveroom__V1__AudienceReportBatch",
+  "liveroom.v1",
+  sizeof(Liveroom__V1__AudienceReportBatch),
+  1,
+  liveroom__v1__audience_report_batch__field_descriptors,
+  liveroom__v1__audience_report_batch__field_indices_by_name,
+  1,  liveroom__v1__audience_report_batch__number_ranges,
+  (ProtobufCMessageInit) liveroom__v1__audience_report_batch__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor liveroom__v1__audience_ack_batch__field_descriptors[1] =
+{
+  {
+    "acks",
+    1,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Liveroom__V1__AudienceAckBatch, n_acks),
+    offsetof(Liveroom__V1__AudienceAckBatch, acks),
+    &liveroom__v1__audience_ack__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned liveroom__v1__audience_ack_batch__field_indices_by_name[] = {
+  0,   /* field[0] = acks */
+};
+static const ProtobufCIntRange liveroom__v1__audience_ack_batch__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 1 }
+};
+const ProtobufCMessageDescriptor liveroom__v1__audience_ack_batch__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "liveroom.v1.AudienceAckBatch",
+  "AudienceAckBatch",
+  "Liveroom__V1__AudienceAckBatch",
+  "liveroom.v1",
+  sizeof(Liveroom__V1__AudienceAckBatch),
+  1,
+  liveroom__v1__audience_ack_batch__field_descriptors,
+  liveroom__v1__audience_ack_batch__field_indices_by_name,
+  1,  liveroom__v1__audience_ack_batch__number_ranges,
+  (ProtobufCMessageInit) liveroom__v1__audience_ack_batch__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
 static const ProtobufCFieldDescriptor liveroom__v1__get_room_stats_request__field_descriptors[1] =
@@ -1539,16 +1705,18 @@ const ProtobufCMessageDescriptor liveroom__v1__list_viewers_response__descriptor
   (ProtobufCMessageInit) liveroom__v1__list_viewers_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCMethodDescriptor liveroom__v1__audience_service__method_descriptors[3] =
+static const ProtobufCMethodDescriptor liveroom__v1__audience_service__method_descriptors[4] =
 {
   { "ReportAudience", &liveroom__v1__audience_report__descriptor, &liveroom__v1__audience_ack__descriptor },
+  { "ReportAudienceBatch", &liveroom__v1__audience_report_batch__descriptor, &liveroom__v1__audience_ack_batch__descriptor },
   { "GetRoomStats", &liveroom__v1__get_room_stats_request__descriptor, &liveroom__v1__get_room_stats_response__descriptor },
   { "ListViewers", &liveroom__v1__list_viewers_request__descriptor, &liveroom__v1__list_viewers_response__descriptor },
 };
 const unsigned liveroom__v1__audience_service__method_indices_by_name[] = {
-  1,        /* GetRoomStats */
-  2,        /* ListViewers */
-  0         /* ReportAudience */
+  2,        /* GetRoomStats */
+  3,        /* ListViewers */
+  0,        /* ReportAudience */
+  1         /* ReportAudienceBatch */
 };
 const ProtobufCServiceDescriptor liveroom__v1__audience_service__descriptor =
 {
@@ -1557,7 +1725,7 @@ const ProtobufCServiceDescriptor liveroom__v1__audience_service__descriptor =
   "AudienceService",
   "Liveroom__V1__AudienceService",
   "liveroom.v1",
-  3,
+  4,
   liveroom__v1__audience_service__method_descriptors,
   liveroom__v1__audience_service__method_indices_by_name
 };
@@ -1569,13 +1737,21 @@ void liveroom__v1__audience_service__report_audience(ProtobufCService *service,
   assert(service->descriptor == &liveroom__v1__audience_service__descriptor);
   service->invoke(service, 0, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
+void liveroom__v1__audience_service__report_audience_batch(ProtobufCService *service,
+                                                           const Liveroom__V1__AudienceReportBatch *input,
+                                                           Liveroom__V1__AudienceAckBatch_Closure closure,
+                                                           void *closure_data)
+{
+  assert(service->descriptor == &liveroom__v1__audience_service__descriptor);
+  service->invoke(service, 1, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+}
 void liveroom__v1__audience_service__get_room_stats(ProtobufCService *service,
                                                     const Liveroom__V1__GetRoomStatsRequest *input,
                                                     Liveroom__V1__GetRoomStatsResponse_Closure closure,
                                                     void *closure_data)
 {
   assert(service->descriptor == &liveroom__v1__audience_service__descriptor);
-  service->invoke(service, 1, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 2, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void liveroom__v1__audience_service__list_viewers(ProtobufCService *service,
                                                   const Liveroom__V1__ListViewersRequest *input,
@@ -1583,7 +1759,7 @@ void liveroom__v1__audience_service__list_viewers(ProtobufCService *service,
                                                   void *closure_data)
 {
   assert(service->descriptor == &liveroom__v1__audience_service__descriptor);
-  service->invoke(service, 2, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+  service->invoke(service, 3, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void liveroom__v1__audience_service__init (Liveroom__V1__AudienceService_Service *service,
                                            Liveroom__V1__AudienceService_ServiceDestroy destroy)

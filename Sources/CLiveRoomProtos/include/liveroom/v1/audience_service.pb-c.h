@@ -18,6 +18,8 @@ PROTOBUF_C__BEGIN_DECLS
 
 typedef struct Liveroom__V1__AudienceReport Liveroom__V1__AudienceReport;
 typedef struct Liveroom__V1__AudienceAck Liveroom__V1__AudienceAck;
+typedef struct Liveroom__V1__AudienceReportBatch Liveroom__V1__AudienceReportBatch;
+typedef struct Liveroom__V1__AudienceAckBatch Liveroom__V1__AudienceAckBatch;
 typedef struct Liveroom__V1__GetRoomStatsRequest Liveroom__V1__GetRoomStatsRequest;
 typedef struct Liveroom__V1__ViewerStats Liveroom__V1__ViewerStats;
 typedef struct Liveroom__V1__PlatformAudience Liveroom__V1__PlatformAudience;
@@ -78,6 +80,31 @@ struct  Liveroom__V1__AudienceAck
 #define LIVEROOM__V1__AUDIENCE_ACK__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&liveroom__v1__audience_ack__descriptor) \
     , 0, 0, (char *)protobuf_c_empty_string, 0 }
+
+
+struct  Liveroom__V1__AudienceReportBatch
+{
+  ProtobufCMessage base;
+  size_t n_reports;
+  Liveroom__V1__AudienceReport **reports;
+};
+#define LIVEROOM__V1__AUDIENCE_REPORT_BATCH__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&liveroom__v1__audience_report_batch__descriptor) \
+    , 0,NULL }
+
+
+/*
+ * Acknowledgements of reports from any earlier batches, in the order they became durable.
+ */
+struct  Liveroom__V1__AudienceAckBatch
+{
+  ProtobufCMessage base;
+  size_t n_acks;
+  Liveroom__V1__AudienceAck **acks;
+};
+#define LIVEROOM__V1__AUDIENCE_ACK_BATCH__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&liveroom__v1__audience_ack_batch__descriptor) \
+    , 0,NULL }
 
 
 struct  Liveroom__V1__GetRoomStatsRequest
@@ -256,6 +283,44 @@ Liveroom__V1__AudienceAck *
 void   liveroom__v1__audience_ack__free_unpacked
                      (Liveroom__V1__AudienceAck *message,
                       ProtobufCAllocator *allocator);
+/* Liveroom__V1__AudienceReportBatch methods */
+void   liveroom__v1__audience_report_batch__init
+                     (Liveroom__V1__AudienceReportBatch         *message);
+size_t liveroom__v1__audience_report_batch__get_packed_size
+                     (const Liveroom__V1__AudienceReportBatch   *message);
+size_t liveroom__v1__audience_report_batch__pack
+                     (const Liveroom__V1__AudienceReportBatch   *message,
+                      uint8_t             *out);
+size_t liveroom__v1__audience_report_batch__pack_to_buffer
+                     (const Liveroom__V1__AudienceReportBatch   *message,
+                      ProtobufCBuffer     *buffer);
+Liveroom__V1__AudienceReportBatch *
+       liveroom__v1__audience_report_batch__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   liveroom__v1__audience_report_batch__free_unpacked
+                     (Liveroom__V1__AudienceReportBatch *message,
+                      ProtobufCAllocator *allocator);
+/* Liveroom__V1__AudienceAckBatch methods */
+void   liveroom__v1__audience_ack_batch__init
+                     (Liveroom__V1__AudienceAckBatch         *message);
+size_t liveroom__v1__audience_ack_batch__get_packed_size
+                     (const Liveroom__V1__AudienceAckBatch   *message);
+size_t liveroom__v1__audience_ack_batch__pack
+                     (const Liveroom__V1__AudienceAckBatch   *message,
+                      uint8_t             *out);
+size_t liveroom__v1__audience_ack_batch__pack_to_buffer
+                     (const Liveroom__V1__AudienceAckBatch   *message,
+                      ProtobufCBuffer     *buffer);
+Liveroom__V1__AudienceAckBatch *
+       liveroom__v1__audience_ack_batch__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   liveroom__v1__audience_ack_batch__free_unpacked
+                     (Liveroom__V1__AudienceAckBatch *message,
+                      ProtobufCAllocator *allocator);
 /* Liveroom__V1__GetRoomStatsRequest methods */
 void   liveroom__v1__get_room_stats_request__init
                      (Liveroom__V1__GetRoomStatsRequest         *message);
@@ -416,6 +481,12 @@ typedef void (*Liveroom__V1__AudienceReport_Closure)
 typedef void (*Liveroom__V1__AudienceAck_Closure)
                  (const Liveroom__V1__AudienceAck *message,
                   void *closure_data);
+typedef void (*Liveroom__V1__AudienceReportBatch_Closure)
+                 (const Liveroom__V1__AudienceReportBatch *message,
+                  void *closure_data);
+typedef void (*Liveroom__V1__AudienceAckBatch_Closure)
+                 (const Liveroom__V1__AudienceAckBatch *message,
+                  void *closure_data);
 typedef void (*Liveroom__V1__GetRoomStatsRequest_Closure)
                  (const Liveroom__V1__GetRoomStatsRequest *message,
                   void *closure_data);
@@ -451,6 +522,10 @@ struct Liveroom__V1__AudienceService_Service
                           const Liveroom__V1__AudienceReport *input,
                           Liveroom__V1__AudienceAck_Closure closure,
                           void *closure_data);
+  void (*report_audience_batch)(Liveroom__V1__AudienceService_Service *service,
+                                const Liveroom__V1__AudienceReportBatch *input,
+                                Liveroom__V1__AudienceAckBatch_Closure closure,
+                                void *closure_data);
   void (*get_room_stats)(Liveroom__V1__AudienceService_Service *service,
                          const Liveroom__V1__GetRoomStatsRequest *input,
                          Liveroom__V1__GetRoomStatsResponse_Closure closure,
@@ -468,12 +543,17 @@ void liveroom__v1__audience_service__init (Liveroom__V1__AudienceService_Service
 #define LIVEROOM__V1__AUDIENCE_SERVICE__INIT(function_prefix__) \
     { LIVEROOM__V1__AUDIENCE_SERVICE__BASE_INIT,\
       function_prefix__ ## report_audience,\
+      function_prefix__ ## report_audience_batch,\
       function_prefix__ ## get_room_stats,\
       function_prefix__ ## list_viewers  }
 void liveroom__v1__audience_service__report_audience(ProtobufCService *service,
                                                      const Liveroom__V1__AudienceReport *input,
                                                      Liveroom__V1__AudienceAck_Closure closure,
                                                      void *closure_data);
+void liveroom__v1__audience_service__report_audience_batch(ProtobufCService *service,
+                                                           const Liveroom__V1__AudienceReportBatch *input,
+                                                           Liveroom__V1__AudienceAckBatch_Closure closure,
+                                                           void *closure_data);
 void liveroom__v1__audience_service__get_room_stats(ProtobufCService *service,
                                                     const Liveroom__V1__GetRoomStatsRequest *input,
                                                     Liveroom__V1__GetRoomStatsResponse_Closure closure,
@@ -487,6 +567,8 @@ void liveroom__v1__audience_service__list_viewers(ProtobufCService *service,
 
 extern const ProtobufCMessageDescriptor liveroom__v1__audience_report__descriptor;
 extern const ProtobufCMessageDescriptor liveroom__v1__audience_ack__descriptor;
+extern const ProtobufCMessageDescriptor liveroom__v1__audience_report_batch__descriptor;
+extern const ProtobufCMessageDescriptor liveroom__v1__audience_ack_batch__descriptor;
 extern const ProtobufCMessageDescriptor liveroom__v1__get_room_stats_request__descriptor;
 extern const ProtobufCMessageDescriptor liveroom__v1__viewer_stats__descriptor;
 extern const ProtobufCMessageDescriptor liveroom__v1__platform_audience__descriptor;
