@@ -22,7 +22,12 @@ public actor AudienceIngestor {
     private let store: AudienceStore
     private let clock: WallClock
     private let maxBatch: Int
-    private var connectors: [String: Connector] = [:]
+    private struct ConnectorKey: Hashable {
+        var platform: String
+        var connector: String
+    }
+
+    private var connectors: [ConnectorKey: Connector] = [:]
     private var pending: [Pending] = []
     private var flushScheduled = false
 
@@ -45,7 +50,7 @@ public actor AudienceIngestor {
     public func submit(platformId: String, _ reports: [(AudienceReport, RoomActor)], done: @escaping @Sendable (AudienceAck) -> Void) async {
         let now = clock.nowMs()
         for (report, room) in reports {
-            let key = "\(platformId)/\(report.connectorId)"
+            let key = ConnectorKey(platform: platformId, connector: report.connectorId)
             if connectors[key] == nil {
                 do {
                     let loaded = try await store.sequences(platformId: platformId, connectorId: report.connectorId,
@@ -121,7 +126,7 @@ public actor AudienceIngestor {
         } catch {
             // Not stored: forget the sequences so a resend is taken.
             for p in batch {
-                connectors["\(p.report.platformId)/\(p.report.connectorId)"]?.seen.remove(p.report.sequence)
+                connectors[ConnectorKey(platform: p.report.platformId, connector: p.report.connectorId)]?.seen.remove(p.report.sequence)
                 p.done(Self.ack(p.report.sequence, .unavailable, (error as? RoomError)?.message ?? "\(error)"))
             }
         }

@@ -92,9 +92,12 @@ enum ReportAudienceHandler {
         if r.connectorId.isEmpty { return "connector_id is required" }
         if r.sequence == 0 { return "sequence starts at 1" }
         if r.roomId.isEmpty { return "room_id is required" }
-        let counts = [("viewers_online", r.viewersOnline), ("new_viewers", r.newViewers), ("comments", r.comments), ("likes", r.likes),
-                      ("interactions", r.interactions), ("gifts", r.gifts), ("items_sold", r.itemsSold)]
-        if let negative = counts.first(where: { $0.1 < 0 }) { return "\(negative.0) must not be negative, got \(negative.1)" }
+        // The common case (nothing negative) is checked without building anything.
+        if r.viewersOnline < 0 || r.newViewers < 0 || r.comments < 0 || r.likes < 0 || r.interactions < 0 || r.gifts < 0 || r.itemsSold < 0 {
+            let counts = [("viewers_online", r.viewersOnline), ("new_viewers", r.newViewers), ("comments", r.comments), ("likes", r.likes),
+                          ("interactions", r.interactions), ("gifts", r.gifts), ("items_sold", r.itemsSold)]
+            if let negative = counts.first(where: { $0.1 < 0 }) { return "\(negative.0) must not be negative, got \(negative.1)" }
+        }
         if let s = r.sales {
             if s.minorUnits < 0 { return "sales must not be negative" }
             if s.minorUnits > 0 && (s.currency.count != 3 || !s.currency.allSatisfy(\.isUppercase)) {

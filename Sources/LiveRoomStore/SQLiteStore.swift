@@ -132,47 +132,104 @@ public final class SQLiteStore: RoomStore, ViewerStore, AudienceStore, Sendable 
         m.registerMigration("v5: a row health writes to find out whether the store takes writes") { db in
             try db.execute(sql: "CREATE TABLE store_probe (id INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL, pad BLOB)")
         }
+        m.registerMigration("v6: audience reports stored a batch per row") { db in
+            // One row per (platform, connector, room, arrival) group of a flush: a few rows per
+            // transaction instead of one per report. Rows of v3's table stay readable.
+            try db.execute(sql: """
+                CREATE TABLE audience_batches (
+                    id INTEGER PRIMARY KEY AUTOINCREMENT,
+                    platform_id TEXT NOT NULL,
+                    connector_id TEXT NOT NULL,
+                    room_id TEXT NOT NULL REFERENCES rooms(id) ON DELETE CASCADE,
+                    min_sequence INTEGER NOT NULL,
+                    max_sequence INTEGER NOT NULL,
+                    received_at_ms INTEGER NOT NULL,
+                    reports BLOB NOT NULL
+                );
+                CREATE INDEX audience_batches_by_room ON audience_batches(room_id);
+                CREATE INDEX audience_batches_by_connector ON audience_batches(platform_id, connector_id, max_sequence);
+                """)
+        }
         return m
     }
 
     // MARK: AudienceStore
 
+    /// Stores reports the ingestor admitted (it has already told duplicates apart): one row per
+    /// (platform, connector, room, arrival) group, the reports in it as an AudienceReportBatch.
     public func insertReports(_ reports: [StoredReport]) async throws -> [Bool] {
-        let encoded = try reports.map { r -> (StoredReport, Data) in (r, Data(try r.report.serializedBytes())) }
-        return try await write("store audience reports") { db in
-                let statement = try db.cachedStatement(sql: """
-                    INSERT OR IGNORE INTO audience_reports (platform_id, connector_id, sequence, room_id, received_at_ms, report)
-                    VALUES (?, ?, ?, ?, ?, ?)
-                    """)
-                var inserted: [Bool] = []
-                inserted.reserveCapacity(encoded.count)
-                for (r, blob) in encoded {
-                    try statement.execute(arguments: [r.platformId, r.connectorId, Int64(bitPattern: r.sequence), r.roomId, r.receivedAtMs, blob])
-                    inserted.append(db.changesCount > 0)
-                }
-                return inserted
+        struct GroupKey: Hashable {
+            var platform: String
+            var connector: String
+            var room: String
+            var receivedAtMs: Int64
         }
+        var order: [GroupKey] = []
+        var groups: [GroupKey: [AudienceReport]] = [:]
+        for r in reports {
+            let key = GroupKey(platform: r.platformId, connector: r.connectorId, room: r.roomId, receivedAtMs: r.receivedAtMs)
+            if groups[key] == nil { order.append(key) }
+            var report = r.report
+            report.sequence = r.sequence
+            groups[key, default: []].append(report)
+        }
+        let rows = try order.map { key -> (GroupKey, Int64, Int64, Data) in
+            var batch = AudienceReportBatch()
+            batch.reports = groups[key]!
+            let sequences = batch.reports.map(\.sequence)
+            return (key, Int64(bitPattern: sequences.min()!), Int64(bitPattern: sequences.max()!), Data(try batch.serializedBytes()))
+        }
+        try await write("store audience reports") { db in
+            let statement = try db.cachedStatement(sql: """
+                INSERT INTO audience_batches (platform_id, connector_id, room_id, min_sequence, max_sequence, received_at_ms, reports)
+                VALUES (?, ?, ?, ?, ?, ?, ?)
+                """)
+            for (key, low, high, blob) in rows {
+                try statement.execute(arguments: [key.platform, key.connector, key.room, low, high, key.receivedAtMs, blob])
+            }
+        }
+        return Array(repeating: true, count: reports.count)
     }
 
     public func loadReports(roomId: String) async throws -> [StoredReport] {
         try await read { db in
-            try Row.fetchAll(db, sql: "SELECT * FROM audience_reports WHERE room_id = ? ORDER BY received_at_ms", arguments: [roomId]).map { row in
+            var out = try Row.fetchAll(db, sql: "SELECT * FROM audience_reports WHERE room_id = ?", arguments: [roomId]).map { row in
                 let blob: Data = row["report"]
                 return StoredReport(platformId: row["platform_id"], connectorId: row["connector_id"],
                                     sequence: UInt64(bitPattern: row["sequence"]), roomId: row["room_id"],
                                     receivedAtMs: row["received_at_ms"], report: try AudienceReport(serializedBytes: [UInt8](blob)))
             }
+            for row in try Row.fetchAll(db, sql: "SELECT * FROM audience_batches WHERE room_id = ? ORDER BY id", arguments: [roomId]) {
+                let blob: Data = row["reports"]
+                let platform: String = row["platform_id"], connector: String = row["connector_id"], at: Int64 = row["received_at_ms"]
+                for report in try AudienceReportBatch(serializedBytes: [UInt8](blob)).reports {
+                    out.append(StoredReport(platformId: platform, connectorId: connector, sequence: report.sequence, roomId: roomId,
+                                            receivedAtMs: at, report: report))
+                }
+            }
+            return out.sorted { $0.receivedAtMs < $1.receivedAtMs }
         }
     }
 
     public func sequences(platformId: String, connectorId: String, from: UInt64) async throws -> (seen: Set<UInt64>, highest: UInt64?) {
         try await read { db in
-            let rows = try Int64.fetchAll(db, sql: """
+            var seen = Set(try Int64.fetchAll(db, sql: """
                 SELECT sequence FROM audience_reports WHERE platform_id = ? AND connector_id = ? AND sequence >= ?
+                """, arguments: [platformId, connectorId, Int64(bitPattern: from)]).map { UInt64(bitPattern: $0) })
+            var highest = try Int64.fetchOne(db, sql: "SELECT max(sequence) FROM audience_reports WHERE platform_id = ? AND connector_id = ?",
+                                             arguments: [platformId, connectorId]).map { UInt64(bitPattern: $0) }
+            let rows = try Row.fetchAll(db, sql: """
+                SELECT max_sequence, reports FROM audience_batches WHERE platform_id = ? AND connector_id = ? AND max_sequence >= ?
                 """, arguments: [platformId, connectorId, Int64(bitPattern: from)])
-            let highest = try Int64.fetchOne(db, sql: "SELECT max(sequence) FROM audience_reports WHERE platform_id = ? AND connector_id = ?",
-                                             arguments: [platformId, connectorId])
-            return (Set(rows.map { UInt64(bitPattern: $0) }), highest.map { UInt64(bitPattern: $0) })
+            for row in rows {
+                let blob: Data = row["reports"]
+                for r in try AudienceReportBatch(serializedBytes: [UInt8](blob)).reports where r.sequence >= from { seen.insert(r.sequence) }
+            }
+            if let top = try Int64.fetchOne(db, sql: "SELECT max(max_sequence) FROM audience_batches WHERE platform_id = ? AND connector_id = ?",
+                                            arguments: [platformId, connectorId]).map({ UInt64(bitPattern: $0) }) {
+                highest = max(highest ?? 0, top)
+            }
+            return (seen, highest)
         }
     }
 

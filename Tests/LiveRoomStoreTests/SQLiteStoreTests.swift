@@ -66,6 +66,42 @@ final class SQLiteStoreTests: XCTestCase {
         XCTAssertEqual(digests, 0)
     }
 
+    func testAudienceReportsRoundTripInBatchesAndOldRowsStillCount() async throws {
+        let store = try SQLiteStore(directory: dir)
+        try await store.insert(room("rm_a", at: 1))
+        func stored(_ seq: UInt64, connector: String = "c1", at: Int64 = 60_000) -> StoredReport {
+            var r = AudienceReport()
+            r.connectorId = connector
+            r.roomId = "rm_a"
+            r.comments = Int64(seq)
+            return StoredReport(platformId: "douyin", connectorId: connector, sequence: seq, roomId: "rm_a", receivedAtMs: at, report: r)
+        }
+        // Two connectors and two arrival times in one flush: three groups, every report kept.
+        let batch = (1...5).map { stored($0) } + (1...3).map { stored($0, connector: "c2") } + [stored(6, at: 120_000)]
+        let inserted = try await store.insertReports(batch)
+        XCTAssertEqual(inserted, Array(repeating: true, count: 9))
+        let rows = try await store.pool.read { try Int.fetchOne($0, sql: "SELECT count(*) FROM audience_batches") }
+        XCTAssertEqual(rows, 3, "one row per group, not per report")
+        // A row written by an earlier version, one report per row.
+        var old = AudienceReport()
+        old.comments = 100
+        let oldBlob = Data(try old.serializedBytes())
+        try await store.pool.write { db in
+            try db.execute(sql: "INSERT INTO audience_reports VALUES ('douyin', 'c0', 9, 'rm_a', 1000, ?)", arguments: [oldBlob])
+        }
+        let loaded = try await SQLiteStore(directory: dir).loadReports(roomId: "rm_a")
+        XCTAssertEqual(loaded.count, 10)
+        XCTAssertEqual(loaded.map(\.report.comments).reduce(0, +), 15 + 6 + 6 + 100)
+        XCTAssertEqual(Set(loaded.filter { $0.connectorId == "c1" }.map(\.sequence)), [1, 2, 3, 4, 5, 6])
+        XCTAssertEqual(loaded.first?.connectorId, "c0", "oldest arrival first")
+        let c1 = try await store.sequences(platformId: "douyin", connectorId: "c1", from: 3)
+        XCTAssertEqual(c1.seen, [3, 4, 5, 6])
+        XCTAssertEqual(c1.highest, 6)
+        let c0 = try await store.sequences(platformId: "douyin", connectorId: "c0", from: 0)
+        XCTAssertEqual(c0.seen, [9])
+        XCTAssertEqual(c0.highest, 9)
+    }
+
     func testKeysAreEncryptedAtRestAndMasterKeyIsPrivate() async throws {
         let store = try SQLiteStore(directory: dir)
         try await store.insert(room("rm_k", at: 1))
