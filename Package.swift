@@ -58,6 +58,7 @@ let package = Package(
             "LiveRoomDomain", "LiveRoomMessages",
             .product(name: "GRDB", package: "GRDB.swift"),
             .product(name: "Crypto", package: "swift-crypto"),
+            .product(name: "NIOCore", package: "swift-nio"),
         ]),
         // RTMP ingest for encoders (OBS, ffmpeg): handshake, chunk stream, AMF0, FLV. Knows no rooms.
         .target(name: "LiveRoomRTMP", dependencies: [

@@ -156,7 +156,7 @@ public final class SQLiteStore: RoomStore, ViewerStore, AudienceStore, Sendable 
     // MARK: AudienceStore
 
     /// Stores reports the ingestor admitted (it has already told duplicates apart): one row per
-    /// (platform, connector, room, arrival) group, the reports in it as an AudienceReportBatch.
+    /// (platform, connector, room, arrival) group, the reports in it as `ReportRows`.
     public func insertReports(_ reports: [StoredReport]) async throws -> [Bool] {
         struct GroupKey: Hashable {
             var platform: String
@@ -173,11 +173,10 @@ public final class SQLiteStore: RoomStore, ViewerStore, AudienceStore, Sendable 
             report.sequence = r.sequence
             groups[key, default: []].append(report)
         }
-        let rows = try order.map { key -> (GroupKey, Int64, Int64, Data) in
-            var batch = AudienceReportBatch()
-            batch.reports = groups[key]!
-            let sequences = batch.reports.map(\.sequence)
-            return (key, Int64(bitPattern: sequences.min()!), Int64(bitPattern: sequences.max()!), Data(try batch.serializedBytes()))
+        let rows = order.map { key -> (GroupKey, Int64, Int64, Data) in
+            let group = groups[key]!
+            let sequences = group.map(\.sequence)
+            return (key, Int64(bitPattern: sequences.min()!), Int64(bitPattern: sequences.max()!), ReportRows.encode(group))
         }
         try await write("store audience reports") { db in
             let statement = try db.cachedStatement(sql: """
@@ -202,7 +201,7 @@ public final class SQLiteStore: RoomStore, ViewerStore, AudienceStore, Sendable 
             for row in try Row.fetchAll(db, sql: "SELECT * FROM audience_batches WHERE room_id = ? ORDER BY id", arguments: [roomId]) {
                 let blob: Data = row["reports"]
                 let platform: String = row["platform_id"], connector: String = row["connector_id"], at: Int64 = row["received_at_ms"]
-                for report in try AudienceReportBatch(serializedBytes: [UInt8](blob)).reports {
+                for report in try ReportRows.decode(blob, connectorId: connector, roomId: roomId) {
                     out.append(StoredReport(platformId: platform, connectorId: connector, sequence: report.sequence, roomId: roomId,
                                             receivedAtMs: at, report: report))
                 }
@@ -223,7 +222,7 @@ public final class SQLiteStore: RoomStore, ViewerStore, AudienceStore, Sendable 
                 """, arguments: [platformId, connectorId, Int64(bitPattern: from)])
             for row in rows {
                 let blob: Data = row["reports"]
-                for r in try AudienceReportBatch(serializedBytes: [UInt8](blob)).reports where r.sequence >= from { seen.insert(r.sequence) }
+                for r in try ReportRows.decode(blob, connectorId: connectorId, roomId: "") where r.sequence >= from { seen.insert(r.sequence) }
             }
             if let top = try Int64.fetchOne(db, sql: "SELECT max(max_sequence) FROM audience_batches WHERE platform_id = ? AND connector_id = ?",
                                             arguments: [platformId, connectorId]).map({ UInt64(bitPattern: $0) }) {
