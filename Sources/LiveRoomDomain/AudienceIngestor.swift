@@ -16,7 +16,7 @@ public actor AudienceIngestor {
     struct Pending {
         var report: StoredReport
         var room: RoomActor
-        var done: @Sendable (AudienceAck) -> Void
+        var sink: AckSink
     }
 
     private let store: AudienceStore
@@ -40,44 +40,55 @@ public actor AudienceIngestor {
         self.metrics = metrics
     }
 
-    /// Queues a validated report; `done` gets its acknowledgement when it is durable (or why not).
-    public func submit(platformId: String, _ report: AudienceReport, room: RoomActor, done: @escaping @Sendable (AudienceAck) -> Void) async {
-        await submit(platformId: platformId, [(report, room)], done: done)
-    }
-
-    /// Queues validated reports (one trip to this actor for many); `done` is called once per
-    /// report, when it is durable or with why not.
-    public func submit(platformId: String, _ reports: [(AudienceReport, RoomActor)], done: @escaping @Sendable (AudienceAck) -> Void) async {
+    /// Queues validated reports (one trip to this actor for many). Their acknowledgements go
+    /// to `sink`, several at a time, each once the report is durable (or with why not).
+    public func submit(platformId: String, _ reports: [(AudienceReport, RoomActor)], sink: AckSink) async {
         let now = clock.nowMs()
+        var refused: [AudienceAck] = []
+        // Reports of one message nearly always come from one connector: its state is taken out
+        // of the dictionary once per run (so the set is mutated in place) and put back after.
+        var currentKey: ConnectorKey?
+        var current: Connector?
+        func putBack() {
+            if let k = currentKey, let c = current { connectors[k] = c }
+            currentKey = nil
+            current = nil
+        }
         for (report, room) in reports {
-            let key = ConnectorKey(platform: platformId, connector: report.connectorId)
-            if connectors[key] == nil {
-                do {
-                    let loaded = try await store.sequences(platformId: platformId, connectorId: report.connectorId,
-                                                           from: report.sequence > Self.window ? report.sequence - Self.window : 0)
-                    if connectors[key] == nil { connectors[key] = Connector(seen: loaded.seen, highest: loaded.highest ?? 0) }
-                } catch {
-                    done(Self.ack(report.sequence, .unavailable, "\(error)"))
-                    continue
+            if currentKey?.connector != report.connectorId {
+                putBack()
+                let key = ConnectorKey(platform: platformId, connector: report.connectorId)
+                if connectors[key] == nil {
+                    do {
+                        let loaded = try await store.sequences(platformId: platformId, connectorId: report.connectorId,
+                                                               from: report.sequence > Self.window ? report.sequence - Self.window : 0)
+                        if connectors[key] == nil { connectors[key] = Connector(seen: loaded.seen, highest: loaded.highest ?? 0) }
+                    } catch {
+                        refused.append(Self.ack(report.sequence, .unavailable, "\(error)"))
+                        continue
+                    }
                 }
+                currentKey = key
+                current = connectors.removeValue(forKey: key)
             }
             let seq = report.sequence
-            // Mutated in place through the dictionary: copying the set would cost O(n) per report.
-            switch Self.admit(seq, into: &connectors[key]!) {
+            switch Self.admit(seq, into: &current!) {
             case .tooOld(let highest):
-                done(Self.ack(seq, .invalidArgument,
+                refused.append(Self.ack(seq, .invalidArgument,
                     "sequence \(seq) is more than \(Self.window) behind the highest (\(highest)): it cannot be told from a duplicate"))
             case .duplicate:
                 metrics.reportsDuplicate.increment()
                 var a = Self.ok(seq, "already counted")
                 a.duplicate = true
-                done(a)
+                refused.append(a)
             case .new:
                 let stored = StoredReport(platformId: platformId, connectorId: report.connectorId, sequence: seq, roomId: report.roomId,
                                           receivedAtMs: now, report: report)
-                pending.append(Pending(report: stored, room: room, done: done))
+                pending.append(Pending(report: stored, room: room, sink: sink))
             }
         }
+        putBack()
+        if !refused.isEmpty { sink.deliver(refused) }
         if pending.count >= maxBatch {
             await flush()
         } else if !pending.isEmpty && !flushScheduled {
@@ -118,17 +129,32 @@ public actor AudienceIngestor {
             metrics.reportsIngested.increment(by: new)
             if new < batch.count { metrics.reportsDuplicate.increment(by: batch.count - new) }
             for (room, reports) in byRoom.values { await room.applyAudience(reports) }
-            for (p, new) in zip(batch, inserted) {
+            Self.deliver(zip(batch, inserted).map { p, new in
                 var a = Self.ok(p.report.sequence, new ? "" : "already counted")
                 a.duplicate = !new
-                p.done(a)
-            }
+                return (p.sink, a)
+            })
         } catch {
             // Not stored: forget the sequences so a resend is taken.
+            let why = (error as? RoomError)?.message ?? "\(error)"
             for p in batch {
                 connectors[ConnectorKey(platform: p.report.platformId, connector: p.report.connectorId)]?.seen.remove(p.report.sequence)
-                p.done(Self.ack(p.report.sequence, .unavailable, (error as? RoomError)?.message ?? "\(error)"))
             }
+            Self.deliver(batch.map { ($0.sink, Self.ack($0.report.sequence, .unavailable, why)) })
+        }
+    }
+
+    /// Hands each sink its acknowledgements in one call (runs of the same sink are grouped).
+    static func deliver(_ acks: [(AckSink, AudienceAck)]) {
+        var i = 0
+        while i < acks.count {
+            let sink = acks[i].0
+            var run: [AudienceAck] = []
+            while i < acks.count, acks[i].0 === sink {
+                run.append(acks[i].1)
+                i += 1
+            }
+            sink.deliver(run)
         }
     }
 
@@ -164,4 +190,10 @@ public actor AudienceIngestor {
         case .unavailable: return 14
         }
     }
+}
+
+/// Where a connector stream's acknowledgements go, several at a time.
+public final class AckSink: Sendable {
+    public let deliver: @Sendable ([AudienceAck]) -> Void
+    public init(_ deliver: @escaping @Sendable ([AudienceAck]) -> Void) { self.deliver = deliver }
 }

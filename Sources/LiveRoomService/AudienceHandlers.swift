@@ -45,6 +45,7 @@ enum ReportAudienceHandler {
                        next: () async throws -> [AudienceReport]?,
                        send: @escaping @Sendable ([AudienceAck]) async throws -> Void) async throws {
         let tracker = AckTracker()
+        let sink = AckSink { tracker.ack(contentsOf: $0) }
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask {
                 // Acks ready together go out together: one trip to the event loop, one write.
@@ -80,7 +81,7 @@ enum ReportAudienceHandler {
                     }
                     accepted.append((report, room.0))
                 }
-                if !accepted.isEmpty { await ingestor.submit(platformId: platformId, accepted) { tracker.ack($0) } }
+                if !accepted.isEmpty { await ingestor.submit(platformId: platformId, accepted, sink: sink) }
             }
             tracker.inputEnded()
             try await group.waitForAll()
@@ -122,10 +123,12 @@ final class AckTracker: Sendable {
 
     func expect() { state.withLock { $0.outstanding += 1 } }
 
-    func ack(_ a: AudienceAck) {
+    func ack(_ a: AudienceAck) { ack(contentsOf: [a]) }
+
+    func ack(contentsOf acks: [AudienceAck]) {
         let wake = state.withLock { s -> (CheckedContinuation<[AudienceAck]?, Never>, [AudienceAck])? in
-            s.outstanding -= 1
-            s.ready.append(a)
+            s.outstanding -= acks.count
+            s.ready.append(contentsOf: acks)
             guard let w = s.waiter else { return nil }
             s.waiter = nil
             defer { s.ready = [] }

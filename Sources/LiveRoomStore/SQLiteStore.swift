@@ -158,23 +158,29 @@ public final class SQLiteStore: RoomStore, ViewerStore, AudienceStore, Sendable 
     /// Stores reports the ingestor admitted (it has already told duplicates apart): one row per
     /// (platform, connector, room, arrival) group, the reports in it as `ReportRows`.
     public func insertReports(_ reports: [StoredReport]) async throws -> [Bool] {
-        struct GroupKey: Hashable {
+        struct GroupKey {
             var platform: String
             var connector: String
             var room: String
             var receivedAtMs: Int64
         }
+        // Reports arrive in runs from one submit: consecutive reports with the same key form a
+        // group, with no hashing per report.
         var order: [GroupKey] = []
-        var groups: [GroupKey: [AudienceReport]] = [:]
+        var groupsInOrder: [[AudienceReport]] = []
         for r in reports {
-            let key = GroupKey(platform: r.platformId, connector: r.connectorId, room: r.roomId, receivedAtMs: r.receivedAtMs)
-            if groups[key] == nil { order.append(key) }
             var report = r.report
             report.sequence = r.sequence
-            groups[key, default: []].append(report)
+            if let last = order.last, last.receivedAtMs == r.receivedAtMs, last.connector == r.connectorId, last.room == r.roomId,
+                last.platform == r.platformId
+            {
+                groupsInOrder[groupsInOrder.count - 1].append(report)
+            } else {
+                order.append(GroupKey(platform: r.platformId, connector: r.connectorId, room: r.roomId, receivedAtMs: r.receivedAtMs))
+                groupsInOrder.append([report])
+            }
         }
-        let rows = order.map { key -> (GroupKey, Int64, Int64, Data) in
-            let group = groups[key]!
+        let rows = zip(order, groupsInOrder).map { key, group -> (GroupKey, Int64, Int64, Data) in
             let sequences = group.map(\.sequence)
             return (key, Int64(bitPattern: sequences.min()!), Int64(bitPattern: sequences.max()!), ReportRows.encode(group))
         }
