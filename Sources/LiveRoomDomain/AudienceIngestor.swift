@@ -121,14 +121,25 @@ public actor AudienceIngestor {
         pending = []
         do {
             let inserted = try await store.insertReports(batch.map(\.report))
-            var byRoom: [ObjectIdentifier: (RoomActor, [StoredReport])] = [:]
+            // Runs of one room (the usual case) are grouped without hashing.
+            var byRoom: [(RoomActor, [StoredReport])] = []
+            var index: [ObjectIdentifier: Int] = [:]
             for (p, new) in zip(batch, inserted) where new {
-                byRoom[ObjectIdentifier(p.room), default: (p.room, [])].1.append(p.report)
+                // Compared in place: binding `byRoom.last` would hold its array and make every
+                // append copy it.
+                if !byRoom.isEmpty, byRoom[byRoom.count - 1].0 === p.room {
+                    byRoom[byRoom.count - 1].1.append(p.report)
+                } else if let i = index[ObjectIdentifier(p.room)] {
+                    byRoom[i].1.append(p.report)
+                } else {
+                    index[ObjectIdentifier(p.room)] = byRoom.count
+                    byRoom.append((p.room, [p.report]))
+                }
             }
             let new = inserted.filter { $0 }.count
             metrics.reportsIngested.increment(by: new)
             if new < batch.count { metrics.reportsDuplicate.increment(by: batch.count - new) }
-            for (room, reports) in byRoom.values { await room.applyAudience(reports) }
+            for (room, reports) in byRoom { await room.applyAudience(reports) }
             Self.deliver(zip(batch, inserted).map { p, new in
                 var a = Self.ok(p.report.sequence, new ? "" : "already counted")
                 a.duplicate = !new

@@ -52,6 +52,7 @@ enum ReportAudienceHandler {
                 while let batch = await tracker.nextBatch() { try await send(batch) }
             }
             var rooms: [String: (RoomActor, String)] = [:]
+            var lastRoom: (id: String, room: (RoomActor, String))?
             while let reports = try await next() {
                 var accepted: [(AudienceReport, RoomActor)] = []
                 accepted.reserveCapacity(reports.count)
@@ -62,7 +63,9 @@ enum ReportAudienceHandler {
                         continue
                     }
                     let room: (RoomActor, String)
-                    if let cached = rooms[report.roomId] {
+                    if let last = lastRoom, last.id == report.roomId {
+                        room = last.room
+                    } else if let cached = rooms[report.roomId] {
                         room = cached
                     } else {
                         do {
@@ -79,6 +82,7 @@ enum ReportAudienceHandler {
                             "room \(report.roomId) is on platform \(room.1); connector of \(platformId) may not report for it"))
                         continue
                     }
+                    lastRoom = (report.roomId, room)
                     accepted.append((report, room.0))
                 }
                 if !accepted.isEmpty { await ingestor.submit(platformId: platformId, accepted, sink: sink) }
