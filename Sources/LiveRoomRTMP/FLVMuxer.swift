@@ -86,3 +86,54 @@ public struct FLVMuxer: Sendable {
         return c
     }
 }
+
+/// Bundles the audio (and script) tags that arrive between video frames with the video tag
+/// that follows them, so a stream makes one media chunk per video frame instead of one per
+/// tag: each chunk costs every viewer a frame and a write, and audio comes in small, frequent
+/// tags. Header tags pass alone, after whatever was waiting. An audio-only stream passes tag
+/// by tag. Audio waits at most one video frame interval.
+public struct TagBundler: Sendable {
+    public static let maxPendingBytes = 64 * 1024
+    public static let maxPendingTags = 32
+
+    private var pending: [MediaChunk] = []
+    private var pendingBytes = 0
+    private var sawVideo = false
+
+    public init() {}
+
+    /// What to send after `tag` (zero or more chunks, in order).
+    public mutating func add(_ tag: MediaChunk) -> [MediaChunk] {
+        if tag.header { return flush() + [tag] }
+        let isVideo = tag.payload.getInteger(at: tag.payload.readerIndex, as: UInt8.self) == 9
+        if isVideo {
+            sawVideo = true
+            if pending.isEmpty { return [tag] }
+            pending.append(tag)
+            return [bundle(keyframe: tag.keyframe)]
+        }
+        guard sawVideo else { return [tag] }
+        pending.append(tag)
+        pendingBytes += tag.payload.readableBytes
+        if pendingBytes > Self.maxPendingBytes || pending.count > Self.maxPendingTags { return flush() }
+        return []
+    }
+
+    /// Whatever is waiting, as one chunk (the publisher stopped, or too much is waiting).
+    public mutating func flush() -> [MediaChunk] {
+        pending.isEmpty ? [] : [bundle(keyframe: false)]
+    }
+
+    private mutating func bundle(keyframe: Bool) -> MediaChunk {
+        var b = ByteBufferAllocator().buffer(capacity: pending.reduce(0) { $0 + $1.payload.readableBytes })
+        for var t in pending { b.writeBuffer(&t.payload) }
+        var c = MediaChunk()
+        c.sequence = pending.last!.sequence
+        c.timestampMs = pending.first!.timestampMs
+        c.keyframe = keyframe
+        c.payload = b
+        pending = []
+        pendingBytes = 0
+        return c
+    }
+}

@@ -27,6 +27,7 @@ struct RTMPSession {
     private(set) var connected = false
     private(set) var publication: (any RTMPPublication)?
     private var muxer = FLVMuxer()
+    private var bundler = TagBundler()
     private var nextStreamId: UInt32 = 1
 
     init(ingest: any RTMPIngest, app: String, peer: String, logger: Logger, onEnd: @escaping @Sendable (String) -> Void,
@@ -74,6 +75,7 @@ struct RTMPSession {
     mutating func end(reason: String) async {
         if let p = publication {
             publication = nil
+            for c in bundler.flush() { try? await p.send(c) }
             await p.finish(reason: reason)
         }
     }
@@ -140,6 +142,7 @@ struct RTMPSession {
             publication = p
             logger.info("RTMP publisher started")
             muxer = FLVMuxer()
+            bundler = TagBundler()
             try await send(RTMPControl.userControl(event: 0, streamId))  // stream begin
             try await send(RTMPControl.onStatus(level: "status", code: "NetStream.Publish.Start",
                                                 description: "publishing", messageStreamId: streamId))
@@ -154,8 +157,8 @@ struct RTMPSession {
     }
 
     private mutating func media(_ message: RTMPMessage) async throws {
-        guard let p = publication, let chunk = muxer.tag(for: message) else { return }
-        try await p.send(chunk)
+        guard let p = publication, let tag = muxer.tag(for: message) else { return }
+        for chunk in bundler.add(tag) { try await p.send(chunk) }
     }
 
     private func requireConnected(_ command: String) throws {

@@ -205,6 +205,28 @@ final class FLVMuxerTests: XCTestCase {
         XCTAssertNil(muxer.tag(for: media(.video, [], at: 0)), "empty video carries nothing")
     }
 
+    func testAudioIsBundledWithTheNextVideoFrame() throws {
+        var muxer = FLVMuxer()
+        var bundler = TagBundler()
+        func add(_ type: RTMPMessageType, _ bytes: [UInt8], at ts: UInt32) -> [MediaChunk] {
+            bundler.add(muxer.tag(for: media(type, bytes, at: ts))!)
+        }
+        XCTAssertEqual(bundler.add(muxer.fileHeader()).map(\.header), [true])
+        XCTAssertEqual(add(.video, [0x17, 0, 0, 0, 0, 1], at: 0).map(\.header), [true], "sequence headers pass alone")
+        XCTAssertEqual(add(.video, [0x17, 1, 0, 0, 0, 9], at: 0).map(\.keyframe), [true])
+        XCTAssertTrue(add(.audio, [0xAF, 1, 1], at: 10).isEmpty, "audio waits for the next video frame")
+        XCTAssertTrue(add(.audio, [0xAF, 1, 2], at: 20).isEmpty)
+        let bundle = add(.video, [0x27, 1, 0, 0, 0, 8], at: 40)
+        XCTAssertEqual(bundle.count, 1)
+        XCTAssertEqual(bundle[0].timestampMs, 10, "the bundle starts when its first tag does")
+        XCTAssertFalse(bundle[0].keyframe)
+        XCTAssertEqual(bundle[0].payload.readableBytes, (11 + 3 + 4) * 2 + (11 + 6 + 4), "two audio tags and the video tag, whole")
+        XCTAssertEqual(bundle[0].payload.getInteger(at: bundle[0].payload.readerIndex, as: UInt8.self), 8, "in arrival order")
+        XCTAssertTrue(add(.audio, [0xAF, 1, 3], at: 50).isEmpty)
+        XCTAssertEqual(bundler.flush().count, 1, "what waits is sent when the publisher stops")
+        XCTAssertTrue(bundler.flush().isEmpty)
+    }
+
     func testAudioOnlyStreamsStartAnywhere() throws {
         var muxer = FLVMuxer()
         let a = try XCTUnwrap(muxer.tag(for: media(.audio, [0x2F, 1, 2], at: 0)))  // MP3
