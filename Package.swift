@@ -108,7 +108,7 @@ let package = Package(
         ]),
         .executableTarget(name: "liveroom-protogen", dependencies: ["LiveRoomCodec", "CLiveRoomProtos"]),
         .executableTarget(name: "liveroom-bench", dependencies: [
-            "LiveRoomTesting",
+            "LiveRoomTesting", "LiveRoomClient",
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import LiveRoomClient
 import LiveRoomMessages
 import LiveRoomRPC
 import NIOConcurrencyHelpers
@@ -99,13 +100,7 @@ struct FanoutBench: AsyncParsableCommand {
             }
         } else {
             let publisherClient = try await RPCClient.connect(to: endpoint)
-            let publisher = try await publisherClient.streaming(MediaService.streamData)
-            var start = PublishStart()
-            start.roomId = room.roomId
-            start.streamKey = room.streamKey
-            var first = StreamDataRequest()
-            first.message = .start(start)
-            try await publisher.send(first)
+            let publisher = try await publisherClient.startPublishing(roomId: room.roomId, streamKey: room.streamKey)
             let payload = ByteBuffer(repeating: 0x5A, count: chunkSize)
             var sent = 0
             while ContinuousClock.now - began < warmup + .milliseconds(Int64(seconds * 1000)) {
@@ -118,10 +113,8 @@ struct FanoutBench: AsyncParsableCommand {
                 c.sequence = seq
                 c.keyframe = seq % 50 == 0
                 c.payload = payload
-                var m = StreamDataRequest()
-                m.message = .chunk(c)
                 sendTimes.withLockedValue { $0[seq] = ContinuousClock.now }
-                try await publisher.send(m)
+                try await publisher.send(chunk: c)
                 seq += 1
                 sent += chunkSize
                 if rateKbps > 0 {

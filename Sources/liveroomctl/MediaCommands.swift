@@ -28,14 +28,7 @@ struct PublishCommand: AsyncParsableCommand {
             }
             let client = try await global.connection.connect()
             defer { Task { await client.close() } }
-            let call = try await client.streaming(MediaService.streamData)
-            var start = PublishStart()
-            start.roomId = id
-            start.streamKey = key
-            start.publisherId = "liveroomctl"
-            var first = StreamDataRequest()
-            first.message = .start(start)
-            try await call.send(first)
+            let call = try await client.startPublishing(roomId: id, streamKey: key, publisherId: "liveroomctl")
             var chunker = MediaChunker(chunkSize: max(1024, chunkSize))
             let began = ContinuousClock.now
             var sent = 0

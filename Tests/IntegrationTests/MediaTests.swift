@@ -1,4 +1,5 @@
 import Foundation
+import LiveRoomClient
 import LiveRoomMessages
 import LiveRoomRPC
 import LiveRoomTesting
@@ -33,20 +34,11 @@ final class MediaTests: XCTestCase {
     }
 
     func startPublishing(_ client: RPCClient, _ room: Room, key: String? = nil) async throws -> StreamingCall<StreamDataRequest, StreamDataResponse> {
-        let call = try await client.streaming(MediaService.streamData)
-        var s = PublishStart()
-        s.roomId = room.roomId
-        s.streamKey = key ?? room.streamKey
-        var m = StreamDataRequest()
-        m.message = .start(s)
-        try await call.send(m)
-        return call
+        try await client.startPublishing(roomId: room.roomId, streamKey: key ?? room.streamKey)
     }
 
     func send(_ call: StreamingCall<StreamDataRequest, StreamDataResponse>, _ c: MediaChunk) async throws {
-        var m = StreamDataRequest()
-        m.message = .chunk(c)
-        try await call.send(m)
+        try await call.send(chunk: c)
     }
 
     func watch(_ client: RPCClient, _ room: Room, viewer: String, name: String = "Ann", phone: String = "13800000000") async throws

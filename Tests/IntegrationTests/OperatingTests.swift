@@ -1,4 +1,5 @@
 import Foundation
+import LiveRoomClient
 import LiveRoomMessages
 import LiveRoomRPC
 import LiveRoomTesting
@@ -45,18 +46,11 @@ final class OperatingTests: XCTestCase {
         for _ in 0..<200 where try await client.unary(AudienceService.getRoomStats, statsRequest).viewers?.onlineNow != 1 {
             try await Task.sleep(for: .milliseconds(10))
         }
-        let publisher = try await client.streaming(MediaService.streamData)
-        var start = PublishStart()
-        start.roomId = room.roomId
-        start.streamKey = room.streamKey
-        var m = StreamDataRequest()
-        m.message = .start(start)
-        try await publisher.send(m)
+        let publisher = try await client.startPublishing(roomId: room.roomId, streamKey: room.streamKey)
         var chunk = MediaChunk()
         chunk.keyframe = true
         chunk.payload = ByteBuffer(repeating: 1, count: 1000)
-        m.message = .chunk(chunk)
-        for _ in 0..<3 { try await publisher.send(m) }
+        for _ in 0..<3 { try await publisher.send(chunk: chunk) }
         var it = viewer.responses.makeAsyncIterator()
         var got = 0
         while got < 3, let r = try await it.next() { if case .chunk? = r.message { got += 1 } }
@@ -122,13 +116,7 @@ final class OperatingTests: XCTestCase {
         rotate.roomId = room.roomId
         let rotated = try await client.unary(RoomService.rotateKey, rotate).room!
         // A publisher with the old key is refused; its call's lines still name the room.
-        let publisher = try await client.streaming(MediaService.streamData)
-        var start = PublishStart()
-        start.roomId = room.roomId
-        start.streamKey = room.streamKey
-        var m = StreamDataRequest()
-        m.message = .start(start)
-        try await publisher.send(m)
+        let publisher = try await client.startPublishing(roomId: room.roomId, streamKey: room.streamKey)
         do { _ = try await publisher.finish() } catch let s as RPCStatus { XCTAssertEqual(s.code, .permissionDenied) }
         let tcp = try await d.connect(.tcp)
         _ = try await tcp.unary(RoomService.listPlatforms, ListPlatformsRequest())

@@ -1,4 +1,5 @@
 import Foundation
+import LiveRoomClient
 import LiveRoomMessages
 import LiveRoomRPC
 import LiveRoomTesting
@@ -64,13 +65,7 @@ final class RoomTests: XCTestCase {
 
     /// Publishes `chunks` chunks with `key`; returns the summary.
     func publish(_ client: RPCClient, room: String, key: String, chunks: Int = 2) async throws -> StreamDataResponse {
-        let call = try await client.streaming(MediaService.streamData)
-        var start = PublishStart()
-        start.roomId = room
-        start.streamKey = key
-        var first = StreamDataRequest()
-        first.message = .start(start)
-        try await call.send(first)
+        let call = try await client.startPublishing(roomId: room, streamKey: key)
         for i in 0..<chunks {
             var c = MediaChunk()
             c.sequence = UInt64(i)
