@@ -161,6 +161,9 @@ public final class RPCServer: Service, Sendable {
                 }
             }
             .childChannelOption(.allowRemoteHalfClosure, value: false)
+            // Most connections read little (a viewer sends only flow-control updates): start read
+            // buffers small and let NIO grow them for connections that send much (publishers).
+            .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 256, maximum: 65536))
         switch endpoint {
         case .tcp(let host, let port):
             bootstrap = bootstrap
