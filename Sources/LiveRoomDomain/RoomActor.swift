@@ -30,6 +30,10 @@ public actor RoomActor {
     var dirtyViewers: Set<String> = []
     var peakDirty = false
 
+    // Changes that wait on a connector run one at a time (see `serialized`).
+    var changing = false
+    var changeWaiters: [CheckedContinuation<Void, Never>] = []
+
     // Platform audience, rebuilt from stored reports on first use.
     var audience = AudienceAggregate()
     var audienceLoaded = false
@@ -66,6 +70,10 @@ public actor RoomActor {
     /// Issues a new key (through the connector for external platforms); the old one stops
     /// working as soon as the new one is stored.
     public func rotateKey() async throws -> RoomRecord {
+        try await serialized { try await self.rotateKeyNow() }
+    }
+
+    private func rotateKeyNow() async throws -> RoomRecord {
         guard record.status != .ended else {
             throw RoomError(.failedPrecondition, "room \(id) has ended; its key cannot be rotated")
         }
@@ -89,6 +97,10 @@ public actor RoomActor {
 
     /// Asks the platform for the room's current status and takes it over.
     public func refresh() async throws -> RoomRecord {
+        try await serialized { try await self.refreshNow() }
+    }
+
+    private func refreshNow() async throws -> RoomRecord {
         guard let connector, record.status != .ended else { return record }
         let r = try await connector.status(platformRoomId: record.platformRoomId)
         var next = record
@@ -102,6 +114,10 @@ public actor RoomActor {
 
     /// Ends the room here and on its platform. Closing an ended room is a no-op.
     public func close() async throws -> RoomRecord {
+        try await serialized { try await self.closeNow() }
+    }
+
+    private func closeNow() async throws -> RoomRecord {
         guard record.status != .ended else { return record }
         if let connector {
             try await connector.close(platformRoomId: record.platformRoomId, requestId: record.requestId)
@@ -121,6 +137,21 @@ public actor RoomActor {
         next.status = status
         next.updatedAtMs = clock.nowMs()
         try await save(next, reason: reason)
+    }
+
+    /// Runs `body` when no other change is running. Actor methods interleave at every await: two
+    /// key rotations waiting on the platform could otherwise store the older of the platform's
+    /// two new keys. Waiters go in order; the turn is handed over, never raced for.
+    func serialized<T: Sendable>(_ body: () async throws -> T) async throws -> T {
+        if changing {
+            await withCheckedContinuation { changeWaiters.append($0) }
+        } else {
+            changing = true
+        }
+        defer {
+            if changeWaiters.isEmpty { changing = false } else { changeWaiters.removeFirst().resume() }
+        }
+        return try await body()
     }
 
     /// `next` was computed from the state before any suspension; a room closed meanwhile stays

@@ -100,10 +100,15 @@ final class FakeConnector: PlatformClient {
         return r
     }
 
+    /// How long each rotation call takes before answering, in call order (then none).
+    let rotationDelays = Mutex<[Duration]>([])
+
     func rotateKey(platformRoomId: String) async throws -> RotatePlatformKeyResponse {
         if let f = failure.withLock({ $0 }) { throw f }
         var r = RotatePlatformKeyResponse()
         r.streamKey = "fake-key-\(keyCounter.withLock { $0 += 1; return $0 })"
+        let delay = rotationDelays.withLock { $0.isEmpty ? Duration.zero : $0.removeFirst() }
+        if delay > .zero { try await Task.sleep(for: delay) }
         return r
     }
 
@@ -225,6 +230,23 @@ final class RoomRegistryTests: XCTestCase {
         XCTAssertEqual(room.keyExpiresAtMs, room.createdAtMs + 3_600_000, "the platform gave no expiry: its configured TTL applies")
         let rotated = try await registry.room(room.id).rotateKey()
         XCTAssertEqual(rotated.streamKey, "fake-key-1")
+    }
+
+    func testConcurrentRotationsKeepThePlatformsLatestKey() async throws {
+        let registry = makeRegistry()
+        let room = try await registry.create(request("fake")).room
+        let actor = try await registry.room(room.id)
+        // The first rotation is slow at the platform; the second, started meanwhile, is quick.
+        connector.rotationDelays.withLock { $0 = [.milliseconds(300), .zero] }
+        let slow = Task { try await actor.rotateKey() }
+        try await Task.sleep(for: .milliseconds(50))
+        let quick = try await actor.rotateKey()
+        _ = try await slow.value
+        let issued = connector.keyCounter.withLock { $0 }
+        XCTAssertEqual(issued, 2)
+        XCTAssertEqual(quick.streamKey, "fake-key-2", "the second rotation ran after the first")
+        let stored = await actor.snapshot().streamKey
+        XCTAssertEqual(stored, "fake-key-2", "we keep the key the platform issued last")
     }
 
     func testStoreFailureOnRotateKeepsTheOldKey() async throws {
