@@ -27,8 +27,14 @@ final class WatchEncoder: Sendable {
             // The cached payload holds the buffer, so its address cannot be reused meanwhile.
             let address = c.payload.withUnsafeReadableBytes { UInt(bitPattern: $0.baseAddress) }
             let length = c.payload.readableBytes
-            if let hit = recent.withLockedValue({ r in
-                r.entries.first { $0.sequence == c.sequence && $0.address == address && $0.length == length }?.encoded
+            // Newest first: viewers mostly ask for the chunk just offered.
+            if let hit = recent.withLockedValue({ r -> RPCPayload? in
+                let n = r.entries.count
+                for k in 0..<n {
+                    let e = r.entries[(r.next - 1 - k + 2 * n) % n]
+                    if e.sequence == c.sequence && e.address == address && e.length == length { return e.encoded }
+                }
+                return nil
             }) {
                 return hit
             }
