@@ -163,32 +163,37 @@ public final class FrameEncoder: ChannelOutboundHandler {
     public init() {}
 
     public func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        let frame = unwrapOutboundIn(data)
-        let inline = frame.attachment == nil && frame.payload.readableBytes <= Self.copyLimit
+        Self.write(unwrapOutboundIn(data), to: context, promise: promise)
+    }
+
+    /// Writes `frame` as byte buffers to the handler before `context`: the header (with the body
+    /// when it is small) and, separately, any attachment, which is never copied.
+    static func write(_ frame: Frame, to context: ChannelHandlerContext, promise: EventLoopPromise<Void>?) {
+        let inline = frame.attachment == nil && frame.payload.readableBytes <= copyLimit
         var header = context.channel.allocator.buffer(
-            capacity: Frame.headerLength + 4 + (inline ? frame.payload.readableBytes : 0))
+            capacity: Frame.headerLength + 4 + (inline || frame.payload.readableBytes <= copyLimit ? frame.payload.readableBytes : 0))
         header.writeInteger(UInt32(6 + frame.payloadLength))
         header.writeInteger(frame.type.rawValue)
         header.writeInteger(frame.flags.rawValue)
         header.writeInteger(frame.callID)
         if let attachment = frame.attachment {
             header.writeInteger(UInt32(frame.payload.readableBytes))
-            if frame.payload.readableBytes <= Self.copyLimit {
+            if frame.payload.readableBytes <= copyLimit {
                 var body = frame.payload
                 header.writeBuffer(&body)
             } else {
-                context.write(wrapOutboundOut(header), promise: nil)
+                context.write(NIOAny(header), promise: nil)
                 header = frame.payload
             }
-            context.write(wrapOutboundOut(header), promise: nil)
-            context.write(wrapOutboundOut(attachment), promise: promise)
+            context.write(NIOAny(header), promise: nil)
+            context.write(NIOAny(attachment), promise: promise)
         } else if inline {
             var body = frame.payload
             header.writeBuffer(&body)
-            context.write(wrapOutboundOut(header), promise: promise)
+            context.write(NIOAny(header), promise: promise)
         } else {
-            context.write(wrapOutboundOut(header), promise: nil)
-            context.write(wrapOutboundOut(frame.payload), promise: promise)
+            context.write(NIOAny(header), promise: nil)
+            context.write(NIOAny(frame.payload), promise: promise)
         }
     }
 }

@@ -153,7 +153,6 @@ public final class RPCServer: Service, Sendable {
                         gracePeriod: configuration.gracePeriod)
                     try channel.pipeline.syncOperations.addHandlers([
                         ByteToMessageHandler(FrameDecoder(maxFrameSize: configuration.maxFrameSize, expectPreface: true)),
-                        FrameEncoder(),
                         ServerConnectionHandler(registry: registry, limits: limits, transport: transport,
                                                 authenticate: configuration.authenticate, metrics: configuration.metrics,
                                                 logger: logger),

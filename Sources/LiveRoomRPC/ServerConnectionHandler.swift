@@ -10,7 +10,9 @@ import NIOExtras
 /// and limits, and drains on graceful shutdown. Everything here runs on the channel's event loop.
 final class ServerConnectionHandler: ChannelInboundHandler {
     typealias InboundIn = FrameEvent
-    typealias OutboundOut = Frame
+    /// Frames are encoded here rather than by a FrameEncoder further down: a `Frame` is too big
+    /// for `NIOAny`'s inline storage, and boxing one per write showed in fan-out profiles.
+    typealias OutboundOut = ByteBuffer
 
     struct Limits {
         var maxFrameSize: Int
@@ -107,10 +109,10 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         case .windowUpdate:
             var p = frame.payload
             guard let n = p.readInteger(as: UInt32.self), let call = calls[frame.callID] else { return }
-            for w in call.send.grant(Int(n)) { context.write(wrapOutboundOut(w.frame), promise: w.promise) }
+            for w in call.send.grant(Int(n)) { write(w.frame, promise: w.promise) }
             call.onCredit?()
         case .ping:
-            context.write(wrapOutboundOut(Frame(.pong, callID: frame.callID, payload: frame.payload)), promise: nil)
+            write(Frame(.pong, callID: frame.callID, payload: frame.payload), promise: nil)
         default:
             break  // PONG, GOAWAY and unknown types are ignored, as extensions may add frame types
         }
@@ -233,7 +235,8 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     func returnCredit(_ n: Int, on id: UInt32) {
         guard let call = calls[id], !closed else { return }
         call.receive.grant(n)
-        context.writeAndFlush(wrapOutboundOut(.windowUpdate(callID: id, increment: n, allocator: context.channel.allocator)), promise: nil)
+        write(.windowUpdate(callID: id, increment: n, allocator: context.channel.allocator), promise: nil)
+        context.flush()
     }
 
     // MARK: running handlers
@@ -321,7 +324,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         writeInitialMetadataIfNeeded(call)
         let promise = context.eventLoop.makePromise(of: Void.self)
         let ready = call.send.enqueue(payload.frame(callID: id), promise)
-        for w in ready { context.write(wrapOutboundOut(w.frame), promise: w.promise) }
+        for w in ready { write(w.frame, promise: w.promise) }
         if !ready.isEmpty { context.flush() }
         return promise.futureResult
     }
@@ -335,7 +338,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         let frame = payload.frame(callID: id)
         guard call.send.take(frame) else { return .noCredit }
         writeInitialMetadataIfNeeded(call)
-        context.write(wrapOutboundOut(frame), promise: nil)
+        write(frame, promise: nil)
         return .written
     }
 
@@ -362,7 +365,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
             let promise = context.eventLoop.makePromise(of: Void.self)
             last = promise.futureResult
             for w in call.send.enqueue(payload.frame(callID: id), promise) {
-                context.write(wrapOutboundOut(w.frame), promise: w.promise)
+                write(w.frame, promise: w.promise)
                 wrote = true
             }
         }
@@ -370,10 +373,14 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         return last
     }
 
+    private func write(_ frame: Frame, promise: EventLoopPromise<Void>?) {
+        FrameEncoder.write(frame, to: context, promise: promise)
+    }
+
     private func writeMessage(_ call: Call, _ payload: RPCPayload) {
         guard payload.wireLength <= limits.maxFrameSize else { return }
         writeInitialMetadataIfNeeded(call)
-        context.write(wrapOutboundOut(payload.frame(callID: call.id)), promise: nil)
+        write(payload.frame(callID: call.id), promise: nil)
     }
 
     private func writeInitialMetadataIfNeeded(_ call: Call) {
@@ -385,7 +392,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         header.metadata = initial.entries.map { e in var m = MetadataEntry(); m.key = e.key; m.value = e.value; return m }
         var b = context.channel.allocator.buffer(capacity: 64)
         try? header.serialize(into: &b)
-        context.write(wrapOutboundOut(Frame(.headers, callID: call.id, payload: b)), promise: nil)
+        write(Frame(.headers, callID: call.id, payload: b), promise: nil)
     }
 
     private func writeStatus(_ call: Call, _ status: RPCStatus) {
@@ -397,7 +404,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         guard !closed else { return }
         if status.code == .ok && status.message.isEmpty && trailers.isEmpty {
             // An empty CallStatus is OK: the common case needs no encoding.
-            context.write(wrapOutboundOut(Frame(.status, callID: id)), promise: nil)
+            write(Frame(.status, callID: id), promise: nil)
             return
         }
         var s = CallStatus()
@@ -407,7 +414,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         s.trailers = trailers.entries.map { e in var m = MetadataEntry(); m.key = e.key; m.value = e.value; return m }
         var b = context.channel.allocator.buffer(capacity: 32 + s.message.utf8.count)
         try? s.serialize(into: &b)
-        context.write(wrapOutboundOut(Frame(.status, callID: id, payload: b)), promise: nil)
+        write(Frame(.status, callID: id, payload: b), promise: nil)
     }
 
     private func writeGoAway(code: RPCStatus.Code, _ message: String) {
@@ -417,7 +424,8 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         g.message = message
         var b = context.channel.allocator.buffer(capacity: 64)
         try? g.serialize(into: &b)
-        context.writeAndFlush(wrapOutboundOut(Frame(.goAway, callID: 0, payload: b)), promise: nil)
+        write(Frame(.goAway, callID: 0, payload: b), promise: nil)
+        context.flush()
     }
 
     // MARK: connection lifecycle
