@@ -30,8 +30,7 @@ public final class ViewerQueue: Sendable {
         var skippedChunks: UInt64 = 0
         var skipTimes: [Int64] = []
         var finished: RoomError?? = nil  // .some(nil): ended normally
-        var waiter: CheckedContinuation<Result<ViewerItem?, RoomError>, Never>?
-        /// Callback-driven consumers: told when items arrive in an empty queue, or it ends.
+        /// The consumer: told when items arrive in an empty queue, or it ends.
         var ready: (@Sendable () -> Void)?
     }
 
@@ -53,8 +52,6 @@ public final class ViewerQueue: Sendable {
     /// Offers a chunk. Returns false when the viewer has been disconnected for falling behind.
     @discardableResult
     public func offer(_ chunk: MediaChunk, nowMs: Int64) -> Bool {
-        var wake: (CheckedContinuation<Result<ViewerItem?, RoomError>, Never>, ViewerItem)?
-        var failWake: (CheckedContinuation<Result<ViewerItem?, RoomError>, Never>, RoomError)?
         var droppedWith: RoomError?
         var notify: (@Sendable () -> Void)?
         var dropped = 0
@@ -81,10 +78,6 @@ public final class ViewerQueue: Sendable {
                     s.items.removeAll()
                     s.head = 0
                     s.bytes = 0
-                    if let w = s.waiter {
-                        s.waiter = nil
-                        failWake = (w, error)
-                    }
                     return false
                 }
                 // Drop what is queued and wait for the next keyframe.
@@ -101,18 +94,10 @@ public final class ViewerQueue: Sendable {
                 }
                 Self.appendSkipped(&s, nowMs)
             }
-            let wasEmpty = s.head == s.items.count
+            if s.head == s.items.count { notify = s.ready }
             Self.append(&s, .chunk(chunk))
-            if let w = s.waiter, let item = Self.pop(&s) {
-                s.waiter = nil
-                wake = (w, item)
-            } else if wasEmpty {
-                notify = s.ready
-            }
             return true
         }
-        if let (w, item) = wake { w.resume(returning: .success(item)) }
-        if let (w, error) = failWake { w.resume(returning: .failure(error)) }
         notify?()
         if let droppedWith { onDrop(droppedWith) }
         return alive
@@ -120,42 +105,27 @@ public final class ViewerQueue: Sendable {
 
     /// Offers a stream event (never dropped).
     public func offer(event: StreamEvent) {
-        var wake: (CheckedContinuation<Result<ViewerItem?, RoomError>, Never>, ViewerItem)?
-        var notify: (@Sendable () -> Void)?
-        state.withLock { s in
-            guard s.finished == nil else { return }
+        let notify = state.withLock { s -> (@Sendable () -> Void)? in
+            guard s.finished == nil else { return nil }
             let wasEmpty = s.head == s.items.count
             Self.append(&s, .event(event))
-            if let w = s.waiter, let item = Self.pop(&s) {
-                s.waiter = nil
-                wake = (w, item)
-            } else if wasEmpty {
-                notify = s.ready
-            }
+            return wasEmpty ? s.ready : nil
         }
-        if let (w, item) = wake { w.resume(returning: .success(item)) }
         notify?()
     }
 
-    /// Ends the queue: the viewer drains what is queued, then gets nil (or the error).
+    /// Ends the queue: the viewer drains what is queued, then polls `.finished` (with the error).
     public func finish(_ error: RoomError? = nil) {
-        var waiter: CheckedContinuation<Result<ViewerItem?, RoomError>, Never>?
-        var notify: (@Sendable () -> Void)?
-        state.withLock { s in
-            guard s.finished == nil else { return }
-            notify = s.ready
+        let notify = state.withLock { s -> (@Sendable () -> Void)? in
+            guard s.finished == nil else { return nil }
             s.finished = .some(error)
             if error != nil {
                 s.items.removeAll()
                 s.head = 0
                 s.bytes = 0
             }
-            if s.head == s.items.count {
-                waiter = s.waiter
-                s.waiter = nil
-            }
+            return s.ready
         }
-        if let waiter { waiter.resume(returning: error.map { .failure($0) } ?? .success(nil)) }
         notify?()
     }
 
@@ -179,33 +149,14 @@ public final class ViewerQueue: Sendable {
     /// Stops calling the `onReady` handler (the consumer is done).
     public func stopNotifying() { state.withLock { $0.ready = nil } }
 
-    /// Calls `handler` whenever items arrive in an empty queue and when the queue ends, for
-    /// consumers that drain with `poll()` instead of awaiting `next()`. Called right away if
-    /// items are already waiting.
+    /// Calls `handler` whenever items arrive in an empty queue and when the queue ends; the
+    /// consumer then drains with `poll()`. Called right away if items are already waiting.
     public func onReady(_ handler: @escaping @Sendable () -> Void) {
         let now = state.withLock { s -> Bool in
             s.ready = handler
             return s.head < s.items.count || s.finished != nil
         }
         if now { handler() }
-    }
-
-    /// The next item; nil when the queue ended normally. Throws the reason it was ended otherwise.
-    public func next() async throws -> ViewerItem? {
-        let result = await withTaskCancellationHandler {
-            await withCheckedContinuation { (c: CheckedContinuation<Result<ViewerItem?, RoomError>, Never>) in
-                let ready = state.withLock { s -> Result<ViewerItem?, RoomError>? in
-                    if let item = Self.pop(&s) { return .success(item) }
-                    if let finished = s.finished { return finished.map { .failure($0) } ?? .success(nil) }
-                    s.waiter = c
-                    return nil
-                }
-                if let ready { c.resume(returning: ready) }
-            }
-        } onCancel: {
-            self.finish(nil)
-        }
-        return try result.get()
     }
 
     /// Bytes waiting to be sent.

@@ -171,7 +171,7 @@ public final class FrameEncoder: ChannelOutboundHandler {
     static func write(_ frame: Frame, to context: ChannelHandlerContext, promise: EventLoopPromise<Void>?) {
         let inline = frame.attachment == nil && frame.payload.readableBytes <= copyLimit
         var header = context.channel.allocator.buffer(
-            capacity: Frame.headerLength + 4 + (inline || frame.payload.readableBytes <= copyLimit ? frame.payload.readableBytes : 0))
+            capacity: Frame.headerLength + 4 + (frame.payload.readableBytes <= copyLimit ? frame.payload.readableBytes : 0))
         header.writeInteger(UInt32(6 + frame.payloadLength))
         header.writeInteger(frame.type.rawValue)
         header.writeInteger(frame.flags.rawValue)

@@ -30,7 +30,6 @@ public final class RTMPServer: Sendable {
 
     private struct State {
         var listener: NIOAsyncChannel<Connection, Never>?
-        var channel: Channel?
         var connections: [ObjectIdentifier: Channel] = [:]
         var stopping = false
     }
@@ -43,9 +42,12 @@ public final class RTMPServer: Sendable {
         self.logger = logger
     }
 
+    /// The address it listens on.
+    public var host: String { configuration.host }
+
     /// Binds the listener; returns the port (a port 0 becomes the chosen one). Idempotent.
     public func start() async throws -> Int {
-        if let bound = state.withLockedValue({ $0.channel?.localAddress?.port }) { return bound }
+        if let bound = state.withLockedValue({ $0.listener?.channel.localAddress?.port }) { return bound }
         let limits = configuration.limits
         let timeout = configuration.readTimeout
         let listener = try await ServerBootstrap(group: group)
@@ -58,10 +60,7 @@ public final class RTMPServer: Sendable {
                     return try Connection(wrappingChannelSynchronously: channel)
                 }
             }
-        state.withLockedValue {
-            $0.listener = listener
-            $0.channel = listener.channel
-        }
+        state.withLockedValue { $0.listener = listener }
         let port = listener.channel.localAddress?.port ?? configuration.port
         logger.info("RTMP listening", metadata: ["endpoint": "\(configuration.host):\(port)", "app": "\(configuration.app)"])
         return port
@@ -97,7 +96,7 @@ public final class RTMPServer: Sendable {
     public func stop() {
         let (listener, connections) = state.withLockedValue { s -> (Channel?, [Channel]) in
             s.stopping = true
-            return (s.channel, Array(s.connections.values))
+            return (s.listener?.channel, Array(s.connections.values))
         }
         listener?.close(promise: nil)
         for c in connections { c.close(promise: nil) }

@@ -123,10 +123,11 @@ public final class Daemon: Service, Sendable {
             logger.warning("TCP is enabled without tcp_token: every call over TCP except Health will be refused")
         }
         let endpoints = try await server.start()
-        if let rtmp, let address = configuration.rtmp, case .tcp(let host, _) = try Endpoint.parseTCP(address) {
+        if let rtmp {
+            let host = rtmp.host
             let port: Int
             do { port = try await rtmp.start() } catch {
-                throw ServerStartError("cannot listen for RTMP on \(address): \(error) (set rtmp = HOST:PORT or rtmp = off)")
+                throw ServerStartError("cannot listen for RTMP on \(configuration.rtmp ?? host): \(error) (set rtmp = HOST:PORT or rtmp = off)")
             }
             if !configuration.pushServerConfigured {
                 // A wildcard address is no place to push to; name loopback and say how to change it.

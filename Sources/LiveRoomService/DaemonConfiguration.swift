@@ -115,13 +115,9 @@ public struct DaemonConfiguration: Sendable, Equatable {
                 builtin.pushServer = value
                 pushServerConfigured = true
             case "rtmp":
-                if value == "off" { rtmp = nil; continue }
-                do { _ = try Endpoint.parseTCP(value) } catch { throw fail("rtmp: \(Self.reason(error)) (or \"off\")") }
-                rtmp = value
+                do { rtmp = try Self.listener(value) } catch { throw fail("rtmp: \(error)") }
             case "metrics":
-                if value == "off" { metrics = nil; continue }
-                do { _ = try Endpoint.parseTCP(value) } catch { throw fail("metrics: \(Self.reason(error)) (or \"off\")") }
-                metrics = value
+                do { metrics = try Self.listener(value) } catch { throw fail("metrics: \(error)") }
             case "rtmp_app":
                 guard !value.isEmpty, value.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" }) else {
                     throw fail("rtmp_app may use letters, digits, - and _ only, got \"\(value)\"")
@@ -134,8 +130,7 @@ public struct DaemonConfiguration: Sendable, Equatable {
             case "viewer_queue_bytes": viewerQueueBytes = try int(16 * 1024...(1024 * 1024 * 1024))
             case "viewer_max_skips": viewerMaxSkips = try int(0...1000)
             case "tcp":
-                do { _ = try Endpoint.parseTCP(value) } catch { throw fail("tcp: \(Self.reason(error))") }
-                tcp = value
+                do { tcp = try Self.listener(value, offAllowed: false) } catch { throw fail("tcp: \(error)") }
             case "data_dir": dataDir = value
             case "max_frame_size": maxFrameSize = try int(1024...(64 * 1024 * 1024))
             case "max_concurrent_calls": maxConcurrentCalls = try int(1...100_000)
@@ -158,6 +153,20 @@ public struct DaemonConfiguration: Sendable, Equatable {
     }
 
     private static func reason(_ error: Error) -> String { (error as? RPCStatus)?.message ?? "\(error)" }
+
+    /// Why a listener address is not one (the message names what is expected).
+    public struct AddressError: Error, CustomStringConvertible {
+        public var description: String
+    }
+
+    /// A listener address, `HOST:PORT`, or nil for `off`: shared by the file and the flags.
+    public static func listener(_ value: String, offAllowed: Bool = true) throws -> String? {
+        if offAllowed && value == "off" { return nil }
+        do { _ = try Endpoint.parseTCP(value) } catch {
+            throw AddressError(description: reason(error) + (offAllowed ? " (or \"off\")" : ""))
+        }
+        return value
+    }
 
     private static func stripComment(_ line: String) -> String {
         var inQuotes = false

@@ -1,6 +1,5 @@
 import ArgumentParser
 import Foundation
-import LiveRoomRPC
 import LiveRoomService
 import Logging
 import NIOCore
@@ -50,11 +49,11 @@ struct LiveRoomd: AsyncParsableCommand {
     @Flag(name: .customLong("enable-test-service"), help: .hidden)
     var enableTestService = false
 
-    /// A listener address from a flag: `HOST:PORT`, or `off` (nil).
-    static func listener(_ value: String, flag: String) throws -> String? {
-        if value == "off" { return nil }
-        do { _ = try Endpoint.parseTCP(value) } catch { throw ValidationError("--\(flag): \((error as? RPCStatus)?.message ?? "\(error)") (or \"off\")") }
-        return value
+    /// A listener address from a flag: `HOST:PORT`, or `off` (nil) where that is allowed.
+    static func listener(_ value: String, flag: String, offAllowed: Bool = true) throws -> String? {
+        do { return try DaemonConfiguration.listener(value, offAllowed: offAllowed) } catch {
+            throw ValidationError("--\(flag): \(error)")
+        }
     }
 
     func run() async throws {
@@ -65,10 +64,9 @@ struct LiveRoomd: AsyncParsableCommand {
             throw ValidationError("\(error)")
         }
         if let socket { settings.socketPath = socket }
-        if let tcp { settings.tcp = tcp }
         if let metrics { settings.metrics = try Self.listener(metrics, flag: "metrics") }
         if let rtmp { settings.rtmp = try Self.listener(rtmp, flag: "rtmp") }
-        if let tcp { _ = try Self.listener(tcp, flag: "tcp") }
+        if let tcp { settings.tcp = try Self.listener(tcp, flag: "tcp", offAllowed: false) }
         if let dataDir { settings.dataDir = dataDir }
         if let token = tcpToken ?? ProcessInfo.processInfo.environment["LIVEROOM_TCP_TOKEN"] { settings.tcpToken = token }
         if let logLevel {
