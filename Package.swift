@@ -52,6 +52,7 @@ let package = Package(
         // Rooms, platforms, keys as actors and value types. No socket code, no SQL.
         .target(name: "LiveRoomDomain", dependencies: [
             "LiveRoomMessages", .product(name: "CoreMetrics", package: "swift-metrics"),
+            .product(name: "NIOCore", package: "swift-nio"),
         ]),
         // The embedded SQLite store (GRDB), implementing the domain's store protocols.
         .target(name: "LiveRoomStore", dependencies: [

@@ -19,8 +19,10 @@ public actor RoomActor {
     var headerBytes = 0
     var gop: [MediaChunk] = []
     var gopBytes = 0
-    var watchers: [Int: (viewerId: String, queue: ViewerQueue)] = [:]
+    var watchers: [Int: Watcher] = [:]
     var nextWatcher = 0
+    /// Watchers grouped by the lane that feeds them.
+    var lanes: [ObjectIdentifier: LaneGroup] = [:]
 
     // Our viewers' statistics, loaded on first use.
     var viewers: [String: ViewerRecord] = [:]

@@ -1,4 +1,5 @@
 import LiveRoomMessages
+import NIOCore
 
 /// Media limits of a room.
 public struct MediaSettings: Sendable, Equatable {
@@ -10,6 +11,42 @@ public struct MediaSettings: Sendable, Equatable {
     public var maxHeaderBytes = 1024 * 1024
     public var viewerQueue = ViewerQueue.Limits()
     public init() {}
+}
+
+/// A viewer's call on a room.
+struct Watcher {
+    let viewerId: String
+    let queue: ViewerQueue
+    let lane: any ViewerLane
+}
+
+/// The viewers one lane feeds; `members` is kept as an array so that handing it to the lane
+/// for each chunk copies nothing.
+struct LaneGroup {
+    let lane: any ViewerLane
+    private var tokens: [Int: Int] = [:]  // token -> index in members
+    private(set) var members: [ViewerQueue] = []
+    private var order: [Int] = []  // token at each index
+
+    init(lane: any ViewerLane) { self.lane = lane }
+
+    mutating func add(_ token: Int, _ queue: ViewerQueue) {
+        tokens[token] = members.count
+        members.append(queue)
+        order.append(token)
+    }
+
+    mutating func remove(_ token: Int) {
+        guard let i = tokens.removeValue(forKey: token) else { return }
+        let last = members.count - 1
+        if i != last {
+            members[i] = members[last]
+            order[i] = order[last]
+            tokens[order[i]] = i
+        }
+        members.removeLast()
+        order.removeLast()
+    }
 }
 
 extension RoomActor {
@@ -65,12 +102,21 @@ extension RoomActor {
             }
         }
         metrics.bytesIn.increment(by: size)
-        var dropped: [Int] = []
-        for (token, w) in watchers where !w.queue.offer(chunk, nowMs: now) {
-            dropped.append(token)
+        let bytesOut = metrics.bytesOut
+        // With more than one thread sending, each lane sends its own copy: 16 KiB copied per
+        // lane is cheaper than a thousand viewers' reference counts bouncing between cores.
+        let isolate = lanes.count > 1 || lanes.values.contains { !($0.lane is InlineLane) }
+        for group in lanes.values {
+            let members = group.members
+            group.lane.run {
+                var c = chunk
+                if isolate { c.payload = ByteBufferAllocator().buffer(buffer: chunk.payload) }
+                // A viewer dropped here is removed when its call ends (the queue tells it).
+                var delivered = 0
+                for q in members where q.offer(c, nowMs: now) { delivered += 1 }
+                bytesOut.increment(by: size * delivered)
+            }
         }
-        metrics.bytesOut.increment(by: size * (watchers.count - dropped.count))
-        for token in dropped { leave(token) }
     }
 
     /// Ends a publisher's session (it finished, failed, or went silent).
@@ -128,7 +174,6 @@ extension RoomActor {
         publisher?.end(RoomError(.aborted, "room \(id) was closed"))
         publisher = nil
         broadcast(.closed)
-        for (_, w) in watchers { w.queue.finish(nil) }
         for token in Array(watchers.keys) { leave(token) }
     }
 
@@ -136,14 +181,19 @@ extension RoomActor {
         var e = StreamEvent()
         e.kind = kind
         e.atMs = clock.nowMs()
-        for (_, w) in watchers { w.queue.offer(event: e) }
+        for group in lanes.values {
+            let members = group.members
+            let event = e
+            group.lane.run { for q in members { q.offer(event: event) } }
+        }
     }
 
     // MARK: watching
 
     /// Adds a viewer. Its queue starts with the stream's header and the current group of
     /// pictures, so playback can start at once.
-    public func join(viewerId: String, name: String, phone: String,
+    /// `lane` feeds the viewer's queue (see `ViewerLane`).
+    public func join(viewerId: String, name: String, phone: String, lane: any ViewerLane = InlineLane(),
                      onDrop: @escaping @Sendable (RoomError) -> Void = { _ in }) async throws -> (token: Int, queue: ViewerQueue) {
         guard record.status != .ended else {
             throw RoomError(.failedPrecondition, "room \(id) has ended")
@@ -160,7 +210,8 @@ extension RoomActor {
         for c in header + gop { queue.offer(c, nowMs: now) }
         let token = nextWatcher
         nextWatcher += 1
-        watchers[token] = (viewerId, queue)
+        watchers[token] = Watcher(viewerId: viewerId, queue: queue, lane: lane)
+        lanes[ObjectIdentifier(lane), default: LaneGroup(lane: lane)].add(token, queue)
 
         connections[viewerId, default: 0] += 1
         if connections[viewerId] == 1 { metrics.viewersOnline.increment() }
@@ -186,7 +237,12 @@ extension RoomActor {
     /// Removes a viewer's call; the viewer goes offline when their last call ends.
     public func leave(_ token: Int) {
         guard let w = watchers.removeValue(forKey: token) else { return }
-        w.queue.finish(nil)
+        let key = ObjectIdentifier(w.lane)
+        lanes[key]?.remove(token)
+        if lanes[key]?.members.isEmpty == true { lanes[key] = nil }
+        // Through the lane, so that what was handed to it earlier (a closing event) comes first.
+        let queue = w.queue
+        w.lane.run { queue.finish(nil) }
         let left = (connections[w.viewerId] ?? 1) - 1
         connections[w.viewerId] = left > 0 ? left : nil
         if left <= 0 { metrics.viewersOnline.decrement() }

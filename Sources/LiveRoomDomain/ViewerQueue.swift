@@ -1,5 +1,6 @@
 import CoreMetrics
 import LiveRoomMessages
+import NIOCore
 import Synchronization
 
 /// What a viewer's Watch call receives, in order.
@@ -23,8 +24,9 @@ public final class ViewerQueue: Sendable {
     }
 
     private struct State {
-        var items: [ViewerItem] = []
-        var head = 0
+        /// Popped items are released at once (an array with a moving head would keep them, and
+        /// the media they hold, alive).
+        var items = CircularBuffer<ViewerItem>(initialCapacity: 4)
         var bytes = 0
         var skipping = false
         var skippedChunks: UInt64 = 0
@@ -74,17 +76,15 @@ public final class ViewerQueue: Sendable {
                     s.finished = .some(error)
                     droppedWith = error
                     notify = s.ready
-                    dropped += s.items.count - s.head + 1
+                    dropped += s.items.count + 1
                     s.items.removeAll()
-                    s.head = 0
                     s.bytes = 0
                     return false
                 }
                 // Drop what is queued and wait for the next keyframe.
-                s.skippedChunks = UInt64(s.items.count - s.head)
-                dropped += s.items.count - s.head
+                s.skippedChunks = UInt64(s.items.count)
+                dropped += s.items.count
                 s.items.removeAll()
-                s.head = 0
                 s.bytes = 0
                 guard chunk.keyframe else {
                     s.skipping = true
@@ -94,7 +94,7 @@ public final class ViewerQueue: Sendable {
                 }
                 Self.appendSkipped(&s, nowMs)
             }
-            if s.head == s.items.count { notify = s.ready }
+            if s.items.isEmpty { notify = s.ready }
             Self.append(&s, .chunk(chunk))
             return true
         }
@@ -107,7 +107,7 @@ public final class ViewerQueue: Sendable {
     public func offer(event: StreamEvent) {
         let notify = state.withLock { s -> (@Sendable () -> Void)? in
             guard s.finished == nil else { return nil }
-            let wasEmpty = s.head == s.items.count
+            let wasEmpty = s.items.isEmpty
             Self.append(&s, .event(event))
             return wasEmpty ? s.ready : nil
         }
@@ -121,7 +121,6 @@ public final class ViewerQueue: Sendable {
             s.finished = .some(error)
             if error != nil {
                 s.items.removeAll()
-                s.head = 0
                 s.bytes = 0
             }
             return s.ready
@@ -154,7 +153,7 @@ public final class ViewerQueue: Sendable {
     public func onReady(_ handler: @escaping @Sendable () -> Void) {
         let now = state.withLock { s -> Bool in
             s.ready = handler
-            return s.head < s.items.count || s.finished != nil
+            return !s.items.isEmpty || s.finished != nil
         }
         if now { handler() }
     }
@@ -178,14 +177,8 @@ public final class ViewerQueue: Sendable {
     }
 
     private static func pop(_ s: inout State) -> ViewerItem? {
-        guard s.head < s.items.count else { return nil }
-        let item = s.items[s.head]
-        s.head += 1
+        guard let item = s.items.popFirst() else { return nil }
         if case .chunk(let c) = item { s.bytes -= c.payload.readableBytes }
-        if s.head > 64 && s.head * 2 > s.items.count {
-            s.items.removeFirst(s.head)
-            s.head = 0
-        }
         return item
     }
 }

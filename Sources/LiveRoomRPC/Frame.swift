@@ -163,21 +163,34 @@ public final class FrameEncoder: ChannelOutboundHandler {
     public init() {}
 
     public func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        Self.write(unwrapOutboundIn(data), to: context, promise: promise)
+        Self.write(unwrapOutboundIn(data), to: context, allocator: context.channel.allocator, promise: promise)
+    }
+
+    /// The 10-byte header, and the body length that precedes the body when there is an attachment.
+    private static func writeHeader(_ frame: Frame, into buffer: inout ByteBuffer) {
+        buffer.writeInteger(UInt32(6 + frame.payloadLength))
+        buffer.writeInteger(frame.type.rawValue)
+        buffer.writeInteger(frame.flags.rawValue)
+        buffer.writeInteger(frame.callID)
+        if frame.attachment != nil { buffer.writeInteger(UInt32(frame.payload.readableBytes)) }
+    }
+
+    /// The whole frame in one buffer, payload and attachment copied.
+    static func encode(_ frame: Frame, into buffer: inout ByteBuffer) {
+        writeHeader(frame, into: &buffer)
+        buffer.writeImmutableBuffer(frame.payload)
+        if let attachment = frame.attachment { buffer.writeImmutableBuffer(attachment) }
     }
 
     /// Writes `frame` as byte buffers to the handler before `context`: the header (with the body
     /// when it is small) and, separately, any attachment, which is never copied.
-    static func write(_ frame: Frame, to context: ChannelHandlerContext, promise: EventLoopPromise<Void>?) {
+    static func write(_ frame: Frame, to context: ChannelHandlerContext, allocator: ByteBufferAllocator,
+                      promise: EventLoopPromise<Void>?) {
         let inline = frame.attachment == nil && frame.payload.readableBytes <= copyLimit
-        var header = context.channel.allocator.buffer(
+        var header = allocator.buffer(
             capacity: Frame.headerLength + 4 + (frame.payload.readableBytes <= copyLimit ? frame.payload.readableBytes : 0))
-        header.writeInteger(UInt32(6 + frame.payloadLength))
-        header.writeInteger(frame.type.rawValue)
-        header.writeInteger(frame.flags.rawValue)
-        header.writeInteger(frame.callID)
+        writeHeader(frame, into: &header)
         if let attachment = frame.attachment {
-            header.writeInteger(UInt32(frame.payload.readableBytes))
             if frame.payload.readableBytes <= copyLimit {
                 var body = frame.payload
                 header.writeBuffer(&body)

@@ -4,6 +4,7 @@ import NIOCore
 public struct ResponseWriter: Sendable {
     let callID: UInt32
     let connection: NIOLoopBound<ServerConnectionHandler>
+    let target: NIOLoopBound<PushTarget>
 
     /// Sends one message. Suspends while the peer has no credit left for this call; throws
     /// `RPCStatus` (CANCELLED) once the call has ended.
@@ -28,15 +29,14 @@ public struct ResponseWriter: Sendable {
 
 extension ResponseWriter {
     /// The same call, written from its event loop without a task per message.
-    public var push: PushWriter { PushWriter(callID: callID, connection: connection) }
+    public var push: PushWriter { PushWriter(target: target) }
 }
 
 /// Writes a call's response messages from the connection's event loop, for handlers that are
 /// fed by callbacks (media fan-out) rather than by a task: no future, no hop, no flush per
 /// message. Every method must be called on `eventLoop`.
 public struct PushWriter: Sendable {
-    let callID: UInt32
-    let connection: NIOLoopBound<ServerConnectionHandler>
+    let target: NIOLoopBound<PushTarget>
 
     public enum Result: Sendable, Equatable {
         case written
@@ -47,12 +47,40 @@ public struct PushWriter: Sendable {
         case tooLarge
     }
 
-    public var eventLoop: EventLoop { connection.eventLoop }
+    public var eventLoop: EventLoop { target.eventLoop }
 
-    public func write(_ payload: RPCPayload) -> Result { connection.value.pushWrite(payload, on: callID) }
+    /// Writes one message if the peer has granted credit. `shared`, when many calls on this
+    /// event loop send the same message, lets them share its frame.
+    public func write(_ payload: RPCPayload, shared: SharedFrames? = nil) -> Result { target.value.write(payload, shared) }
 
-    public func flush() { connection.value.pushFlush() }
+    public func flush() { target.value.connection.pushFlush() }
 
     /// Runs `handler` (on the event loop) each time the peer grants credit; nil removes it.
-    public func onCredit(_ handler: (() -> Void)?) { connection.value.setCreditHandler(handler, on: callID) }
+    public func onCredit(_ handler: (() -> Void)?) { target.value.connection.setCreditHandler(handler, on: target.value.call) }
+
+    /// Keeps the call open after its handler returns, so that a stream fed by callbacks needs
+    /// no task (and its memory) while it runs. The call then ends with `end(_:)`, or when it is
+    /// ended otherwise (the peer cancels or goes away, its deadline passes, the server shuts
+    /// down, `CallContext.abort`): then `onEnd` is told why, once, on the event loop. Call
+    /// before the handler returns; if the call is already over, `onEnd` runs at once.
+    public func detach(onEnd: @escaping (RPCStatus) -> Void) { target.value.connection.detach(target.value.call, onEnd: onEnd) }
+
+    /// Ends a detached call: the status goes to the peer (OK or not); `onEnd` is not called.
+    public func end(_ status: RPCStatus) { target.value.connection.endDetached(target.value.call, status) }
+}
+
+/// A call and its connection, held directly rather than looked up by id: fan-out writes once
+/// per viewer per chunk, and every lookup and loop check adds up.
+final class PushTarget {
+    let connection: ServerConnectionHandler
+    let call: ServerConnectionHandler.Call
+
+    init(connection: ServerConnectionHandler, call: ServerConnectionHandler.Call) {
+        self.connection = connection
+        self.call = call
+    }
+
+    func write(_ payload: RPCPayload, _ shared: SharedFrames?) -> PushWriter.Result {
+        connection.pushWrite(payload, on: call, shared: shared)
+    }
 }

@@ -35,6 +35,12 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         let startedAt: NIODeadline?
         /// Push mode: runs when the peer grants credit.
         var onCredit: (() -> Void)?
+        /// Set when the call leaves `calls`, for writers that hold the call itself.
+        var ended = false
+        /// A detached call outlives its handler: it ends by `endDetached`, or from this side
+        /// or the peer's, when `onEnd` is told why.
+        var detached = false
+        var onEnd: ((RPCStatus) -> Void)?
 
         init(id: UInt32, entry: ServiceRegistry.Entry, context: CallContext, timed: Bool) {
             self.id = id
@@ -53,6 +59,9 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     private let metrics: RPCMetrics?
     private var logger: Logger
     private var context: ChannelHandlerContext!
+    /// Kept from `handlerAdded`: reaching it through the context costs a few reference counts
+    /// per write, which fan-out pays a thousand times per chunk.
+    private var allocator = ByteBufferAllocator()
     private var calls: [UInt32: Call] = [:]
     private var lastCallID: UInt32 = 0
     private var draining = false
@@ -72,6 +81,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        allocator = context.channel.allocator
         peer = context.channel.remoteAddress.map { "\($0)" } ?? transport.rawValue
         logger[metadataKey: "peer"] = "\(peer)"
     }
@@ -235,7 +245,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     func returnCredit(_ n: Int, on id: UInt32) {
         guard let call = calls[id], !closed else { return }
         call.receive.grant(n)
-        write(.windowUpdate(callID: id, increment: n, allocator: context.channel.allocator), promise: nil)
+        write(.windowUpdate(callID: id, increment: n, allocator: allocator), promise: nil)
         context.flush()
     }
 
@@ -244,7 +254,9 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     private func start(_ call: Call, _ requests: MessageStream) {
         let loop = NIOLoopBound(self, eventLoop: context.eventLoop)
         let serverCall = ServerCall(context: call.context, requests: requests,
-                                    responses: ResponseWriter(callID: call.id, connection: loop))
+                                    responses: ResponseWriter(callID: call.id, connection: loop,
+                                                              target: NIOLoopBound(PushTarget(connection: self, call: call),
+                                                                                   eventLoop: context.eventLoop)))
         let handler = call.entry.handler
         let id = call.id
         // Runs the handler here, on the event loop, until its first suspension: a unary handler
@@ -265,6 +277,10 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     }
 
     private func finished(_ id: UInt32, _ result: Result<RPCPayload?, Error>) {
+        if let call = calls[id], call.detached, case .success = result {
+            call.task = nil
+            return
+        }
         guard let call = calls.removeValue(forKey: id) else { return }
         let status: RPCStatus
         switch result {
@@ -302,8 +318,34 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         closeIfDrained()
     }
 
+    /// Keeps `call` open after its handler returns (see `PushWriter.detach`).
+    func detach(_ call: Call, onEnd: @escaping (RPCStatus) -> Void) {
+        guard !call.ended else {
+            onEnd(RPCStatus(.cancelled, "the call has ended"))
+            return
+        }
+        call.detached = true
+        call.onEnd = onEnd
+    }
+
+    /// Ends a detached call with `status`, as its handler's return would have.
+    func endDetached(_ call: Call, _ status: RPCStatus) {
+        guard !call.ended, calls.removeValue(forKey: call.id) != nil else { return }
+        call.onEnd = nil
+        if status.code != .ok { call.context.logger.debug("ended with \(status)") }
+        writeStatus(call, status)
+        teardown(call, status)
+        context.flush()
+        closeIfDrained()
+    }
+
     private func teardown(_ call: Call, _ status: RPCStatus) {
         metrics?.callEnded(method: call.context.path, code: status.code, startedAt: call.startedAt)
+        call.ended = true
+        if let onEnd = call.onEnd {
+            call.onEnd = nil
+            onEnd(status)
+        }
         call.deadlineTimer?.cancel()
         call.task?.cancel()
         call.onCredit = nil
@@ -332,20 +374,24 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     /// Push mode: writes now if the call has credit, else leaves the message to the caller, who
     /// tries again from its credit handler. Does not flush. No promise, no queue: the caller's
     /// own bounded queue is the only buffer.
-    func pushWrite(_ payload: RPCPayload, on id: UInt32) -> PushWriter.Result {
-        guard let call = calls[id], !closed else { return .ended }
+    func pushWrite(_ payload: RPCPayload, on call: Call, shared: SharedFrames?) -> PushWriter.Result {
+        guard !call.ended, !closed else { return .ended }
         guard payload.wireLength <= limits.maxFrameSize else { return .tooLarge }
-        let frame = payload.frame(callID: id)
+        let frame = payload.frame(callID: call.id)
         guard call.send.take(frame) else { return .noCredit }
         writeInitialMetadataIfNeeded(call)
-        write(frame, promise: nil)
+        if let whole = shared?.frame(payload, callID: call.id, allocator: allocator) {
+            context.write(wrapOutboundOut(whole), promise: nil)
+        } else {
+            write(frame, promise: nil)
+        }
         return .written
     }
 
     func pushFlush() { if !closed { context.flush() } }
 
-    func setCreditHandler(_ handler: (() -> Void)?, on id: UInt32) {
-        calls[id]?.onCredit = handler
+    func setCreditHandler(_ handler: (() -> Void)?, on call: Call) {
+        if !call.ended { call.onCredit = handler }
     }
 
     /// Queues every payload behind the call's flow-control window; the future completes when
@@ -374,7 +420,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     }
 
     private func write(_ frame: Frame, promise: EventLoopPromise<Void>?) {
-        FrameEncoder.write(frame, to: context, promise: promise)
+        FrameEncoder.write(frame, to: context, allocator: allocator, promise: promise)
     }
 
     private func writeMessage(_ call: Call, _ payload: RPCPayload) {
@@ -390,7 +436,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         guard !initial.isEmpty else { return }
         var header = ResponseHeader()
         header.metadata = initial.entries.map { e in var m = MetadataEntry(); m.key = e.key; m.value = e.value; return m }
-        var b = context.channel.allocator.buffer(capacity: 64)
+        var b = allocator.buffer(capacity: 64)
         try? header.serialize(into: &b)
         write(Frame(.headers, callID: call.id, payload: b), promise: nil)
     }
@@ -412,7 +458,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         s.message = status.message.replacingOccurrences(of: "\u{0}", with: " ")
         s.details = ByteBuffer(bytes: status.details)
         s.trailers = trailers.entries.map { e in var m = MetadataEntry(); m.key = e.key; m.value = e.value; return m }
-        var b = context.channel.allocator.buffer(capacity: 32 + s.message.utf8.count)
+        var b = allocator.buffer(capacity: 32 + s.message.utf8.count)
         try? s.serialize(into: &b)
         write(Frame(.status, callID: id, payload: b), promise: nil)
     }
@@ -422,7 +468,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         g.lastCallId = lastCallID
         g.code = code.rawValue
         g.message = message
-        var b = context.channel.allocator.buffer(capacity: 64)
+        var b = allocator.buffer(capacity: 64)
         try? g.serialize(into: &b)
         write(Frame(.goAway, callID: 0, payload: b), promise: nil)
         context.flush()

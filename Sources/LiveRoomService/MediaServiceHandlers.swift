@@ -5,14 +5,14 @@ import LiveRoomRPC
 /// `liveroom.v1.MediaService`: publishers in, viewers out.
 public enum MediaServiceHandlers {
     public static func register(_ registry: RoomRegistry, in services: inout ServiceRegistry) {
-        let encoder = WatchEncoder()
+        let lanes = EventLoopLanes()
         services.clientStreaming(MediaService.streamData) { requests, context in
             try await domain { try await publish(registry, requests, context) }
         }
         services.serverStreaming(MediaService.watch) { request, sender, context in
             context.addLogMetadata("room", request.roomId)
             context.addLogMetadata("viewer", request.viewerId)
-            try await domain { try await watch(registry, request, sender, context, encoder) }
+            try await domain { try await watch(registry, request, sender, context, lanes) }
         }
     }
 
@@ -53,20 +53,24 @@ public enum MediaServiceHandlers {
     }
 
     static func watch(_ registry: RoomRegistry, _ request: WatchRequest, _ sender: ResponseSender<WatchResponse>,
-                      _ context: CallContext, _ encoder: WatchEncoder) async throws {
+                      _ context: CallContext, _ lanes: EventLoopLanes) async throws {
         let room = try await registry.room(request.roomId)
-        let (token, queue) = try await room.join(viewerId: request.viewerId, name: request.name, phone: request.phone) { error in
+        let lane = lanes.lane(for: sender.push.eventLoop)
+        let (token, queue) = try await room.join(viewerId: request.viewerId, name: request.name, phone: request.phone,
+                                                 lane: lane) { error in
             context.abort(RPCStatus(error))
         }
-        // The viewer's queue is drained from its connection's event loop, not by this task.
-        let pump = ViewerPump(queue: queue, push: sender.push, encoder: encoder)
+        // The viewer's queue is drained from its connection's event loop; the call stays open
+        // after this handler returns, with no task of its own.
+        let pump = ViewerPump(queue: queue, push: sender.push, lane: lane) {
+            Task { await room.leave(token) }
+        }
         do {
-            try await pump.run()
+            try await sender.push.eventLoop.submit { pump.start() }.get()
         } catch {
             await room.leave(token)
             throw error
         }
-        await room.leave(token)
     }
 }
 

@@ -3,10 +3,12 @@ import LiveRoomMessages
 import LiveRoomRPC
 import NIOConcurrencyHelpers
 import NIOCore
+import Synchronization
 
-/// Encodes each chunk's WatchResponse once for all its viewers: they all send the same bytes,
+/// Encodes each chunk's WatchResponse once for all its viewers on one lane: they all send the same bytes,
 /// and the payload travels as an attachment that is shared, never copied.
-final class WatchEncoder: Sendable {
+final class WatchEncoder: @unchecked Sendable {
+    // Confined to its lane's event loop, so it needs no lock.
     private struct Entry {
         var sequence: UInt64
         var address: UInt
@@ -14,7 +16,8 @@ final class WatchEncoder: Sendable {
         var encoded: RPCPayload
     }
 
-    private let recent = NIOLockedValueBox<(entries: [Entry], next: Int)>(([], 0))
+    private var entries: [Entry] = []
+    private var next = 0
     private static let size = 32
 
     func encode(_ item: ViewerItem) throws -> RPCPayload {
@@ -28,80 +31,92 @@ final class WatchEncoder: Sendable {
             let address = c.payload.withUnsafeReadableBytes { UInt(bitPattern: $0.baseAddress) }
             let length = c.payload.readableBytes
             // Newest first: viewers mostly ask for the chunk just offered.
-            if let hit = recent.withLockedValue({ r -> RPCPayload? in
-                let n = r.entries.count
-                for k in 0..<n {
-                    let e = r.entries[(r.next - 1 - k + 2 * n) % n]
-                    if e.sequence == c.sequence && e.address == address && e.length == length { return e.encoded }
-                }
-                return nil
-            }) {
-                return hit
+            let n = entries.count
+            for k in 0..<n {
+                let e = entries[(next - 1 - k + 2 * n) % n]
+                if e.sequence == c.sequence && e.address == address && e.length == length { return e.encoded }
             }
             r.message = .chunk(c)
             let encoded = try MessageCoding.encode(r)
-            recent.withLockedValue { r in
-                let e = Entry(sequence: c.sequence, address: address, length: length, encoded: encoded)
-                if r.entries.count < Self.size { r.entries.append(e) } else { r.entries[r.next] = e }
-                r.next = (r.next + 1) % Self.size
-            }
+            let e = Entry(sequence: c.sequence, address: address, length: length, encoded: encoded)
+            if entries.count < Self.size { entries.append(e) } else { entries[next] = e }
+            next = (next + 1) % Self.size
             return encoded
+        }
+    }
+}
+
+/// A room's viewers on one event loop are fed by that loop (see `ViewerLane`), with an encoder
+/// of its own, so fan-out touches nothing another core is touching.
+final class EventLoopLane: ViewerLane {
+    let eventLoop: EventLoop
+    let encoder = WatchEncoder()
+    let frames = SharedFrames()
+
+    init(eventLoop: EventLoop) { self.eventLoop = eventLoop }
+
+    /// Always queued, even from the loop itself: running inline could overtake work queued earlier.
+    func run(_ work: @escaping @Sendable () -> Void) { eventLoop.execute(work) }
+}
+
+/// One lane per event loop, made on first use.
+final class EventLoopLanes: Sendable {
+    private let lanes = NIOLockedValueBox<[ObjectIdentifier: EventLoopLane]>([:])
+
+    func lane(for eventLoop: EventLoop) -> EventLoopLane {
+        lanes.withLockedValue { all in
+            if let l = all[ObjectIdentifier(eventLoop)] { return l }
+            let l = EventLoopLane(eventLoop: eventLoop)
+            all[ObjectIdentifier(eventLoop)] = l
+            return l
         }
     }
 }
 
 /// Moves one viewer's queue onto its connection from the connection's event loop: woken when
 /// the room offers into an empty queue or the peer grants credit, it writes all it may and
-/// flushes once. No task per viewer, no hop per chunk.
+/// flushes once. No task per viewer (the call is detached from its handler), no hop per chunk.
 final class ViewerPump: @unchecked Sendable {
-    // Loop-confined: `pending`, `done`. The rest is immutable or locked.
+    // Loop-confined: `pending`, `pendingEndsStream`, `done`. The rest is immutable or locked.
     private let queue: ViewerQueue
     private let push: PushWriter
     private let encoder: WatchEncoder
+    private let frames: SharedFrames
+    private let onFinish: @Sendable () -> Void
     private var pending: RPCPayload?
     private var pendingEndsStream = false
     private var done = false
-    private let scheduled = NIOLockedValueBox(false)
-    private let completion = NIOLockedValueBox<(result: Result<Void, Error>?, waiter: CheckedContinuation<Void, Error>?)>((nil, nil))
+    private let scheduled = Atomic(false)
 
-    init(queue: ViewerQueue, push: PushWriter, encoder: WatchEncoder) {
+    /// - Parameter onFinish: called once, on the event loop, when the stream is over for any reason.
+    init(queue: ViewerQueue, push: PushWriter, lane: EventLoopLane, onFinish: @escaping @Sendable () -> Void) {
         self.queue = queue
         self.push = push
-        self.encoder = encoder
+        self.encoder = lane.encoder
+        self.frames = lane.frames
+        self.onFinish = onFinish
     }
 
-    /// Starts pumping and waits until the stream ends (normally, dropped, or the call ended).
-    func run() async throws {
-        let push = self.push
-        push.eventLoop.execute {
-            push.onCredit { [self] in self.drain() }
-        }
-        queue.onReady { [self] in self.schedule() }
-        try await withTaskCancellationHandler {
-            try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, Error>) in
-                let ready = completion.withLockedValue { s -> Result<Void, Error>? in
-                    if let r = s.result { return r }
-                    s.waiter = c
-                    return nil
-                }
-                if let ready { c.resume(with: ready) }
-            }
-        } onCancel: {
-            self.complete(.failure(CancellationError()))
-        }
+    /// Starts pumping; the call stays open after the handler returns. Call on the event loop.
+    func start() {
+        push.detach { [self] _ in finish(nil) }  // ended by the peer, a deadline, shutdown or an abort
+        guard !done else { return }
+        push.onCredit { [self] in drain() }
+        queue.onReady { [self] in schedule() }
     }
 
-    /// From any thread: drain soon on the event loop, once however often it is called.
+    /// From any thread: drain on the event loop (now, if this is it), once however often it
+    /// is called.
     private func schedule() {
-        let first = scheduled.withLockedValue { s -> Bool in
-            defer { s = true }
-            return !s
+        if push.eventLoop.inEventLoop {
+            drain()
+            return
         }
-        if first { push.eventLoop.execute { self.drain() } }
+        if !scheduled.exchange(true, ordering: .acquiringAndReleasing) { push.eventLoop.execute { self.drain() } }
     }
 
     private func drain() {
-        scheduled.withLockedValue { $0 = false }
+        if scheduled.load(ordering: .relaxed) { scheduled.store(false, ordering: .relaxed) }
         guard !done else { return }
         var wrote = false
         defer { if wrote { push.flush() } }
@@ -117,21 +132,22 @@ final class ViewerPump: @unchecked Sendable {
                 case .empty:
                     return
                 case .finished(let error):
-                    complete(error.map { .failure(RPCStatus($0)) } ?? .success(()))
+                    finish(error.map { RPCStatus($0) } ?? .ok)
                     return
                 case .item(let item):
                     do { payload = try encoder.encode(item) } catch {
-                        complete(.failure(error))
+                        finish(RPCStatus(.internal, "could not encode a media chunk: \(error)"))
                         return
                     }
                     if case .event(let e) = item, e.kind == .closed { endsStream = true } else { endsStream = false }
                 }
             }
-            switch push.write(payload) {
+            // Chunks are the same message for every viewer on the lane; events are encoded afresh.
+            switch push.write(payload, shared: payload.attachment == nil ? nil : frames) {
             case .written:
                 wrote = true
                 if endsStream {
-                    complete(.success(()))
+                    finish(.ok)
                     return
                 }
             case .noCredit:
@@ -139,27 +155,23 @@ final class ViewerPump: @unchecked Sendable {
                 pendingEndsStream = endsStream
                 return
             case .ended:
-                complete(.failure(RPCStatus(.cancelled, "the call has ended")))
+                finish(nil)
                 return
             case .tooLarge:
-                complete(.failure(RPCStatus(.resourceExhausted, "a media chunk exceeds the maximum frame size")))
+                finish(RPCStatus(.resourceExhausted, "a media chunk exceeds the maximum frame size"))
                 return
             }
         }
     }
 
-    private func complete(_ result: Result<Void, Error>) {
-        let waiter = completion.withLockedValue { s -> CheckedContinuation<Void, Error>? in
-            guard s.result == nil else { return nil }
-            s.result = result
-            defer { s.waiter = nil }
-            return s.waiter
-        }
-        waiter?.resume(with: result)
+    /// Ends the stream once: with `status` sent to the viewer, or nil when the call already ended.
+    private func finish(_ status: RPCStatus?) {
+        guard !done else { return }
+        done = true
+        pending = nil
         queue.stopNotifying()
-        push.eventLoop.execute { [self] in
-            done = true
-            push.onCredit(nil)
-        }
+        push.onCredit(nil)
+        if let status { push.end(status) }
+        onFinish()
     }
 }

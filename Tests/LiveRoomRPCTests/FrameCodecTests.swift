@@ -123,4 +123,24 @@ final class FrameCodecTests: XCTestCase {
             XCTAssertEqual((error as? RPCStatus)?.code, .invalidArgument)
         }
     }
+
+    func testSharedFramesAreBuiltOnTheSecondAskAndMatchTheFrameWrittenInParts() throws {
+        let shared = SharedFrames()
+        let allocator = ByteBufferAllocator()
+        let chunk = RPCPayload(body: ByteBuffer(bytes: [1, 2, 3]), attachment: ByteBuffer(repeating: 9, count: 5000))
+        XCTAssertNil(shared.frame(chunk, callID: 1, allocator: allocator), "the first viewer with an id writes in parts")
+        let whole = try XCTUnwrap(shared.frame(chunk, callID: 1, allocator: allocator), "the second shares one frame")
+        XCTAssertEqual(whole, try encoded(chunk.frame(callID: 1)), "byte for byte the frame written in parts")
+        let again = try XCTUnwrap(shared.frame(chunk, callID: 1, allocator: allocator))
+        XCTAssertEqual(whole.withUnsafeReadableBytes { UInt(bitPattern: $0.baseAddress) },
+                       again.withUnsafeReadableBytes { UInt(bitPattern: $0.baseAddress) }, "built once, then shared")
+        XCTAssertNil(shared.frame(chunk, callID: 2, allocator: allocator), "another call id has a frame of its own")
+        let other = try XCTUnwrap(shared.frame(chunk, callID: 2, allocator: allocator))
+        XCTAssertEqual(other, try encoded(chunk.frame(callID: 2)))
+
+        // The same bytes in another buffer are another message; past four messages the oldest is forgotten.
+        let copies = (0..<4).map { _ in RPCPayload(body: ByteBuffer(bytes: [1, 2, 3]), attachment: ByteBuffer(repeating: 9, count: 5000)) }
+        for c in copies { XCTAssertNil(shared.frame(c, callID: 1, allocator: allocator)) }
+        XCTAssertNil(shared.frame(chunk, callID: 1, allocator: allocator), "forgotten, so asked afresh")
+    }
 }

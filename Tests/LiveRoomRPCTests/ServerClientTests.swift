@@ -88,6 +88,77 @@ final class ServerClientTests: XCTestCase {
         }
     }
 
+    /// A handler that detaches its call after one message and returns; the test ends the call.
+    private func detachingHandler(_ ended: NIOLockedValueBox<RPCStatus?>, _ writer: NIOLockedValueBox<PushWriter?>)
+        -> @Sendable (StreamingOutputCallRequest, ResponseSender<StreamingOutputCallResponse>, CallContext) async throws -> Void
+    {
+        { _, sender, _ in
+            let push = sender.push
+            var r = StreamingOutputCallResponse()
+            r.payload = ByteBuffer(repeating: 1, count: 10)
+            let first = try MessageCoding.encode(r)
+            try await push.eventLoop.submit {
+                push.detach { status in ended.withLockedValue { $0 = status } }
+                XCTAssertEqual(push.write(first), .written)
+                push.flush()
+            }.get()
+            writer.withLockedValue { $0 = push }
+        }
+    }
+
+    func testDetachedCallOutlivesItsHandlerAndEndsWithTheStatusGiven() async throws {
+        let ended = NIOLockedValueBox<RPCStatus?>(nil)
+        let writer = NIOLockedValueBox<PushWriter?>(nil)
+        try await withServer({ $0.serverStreaming(TestService.streamingOutputCall, detachingHandler(ended, writer)) }) { client in
+            let call = try await client.serverStreaming(TestService.streamingOutputCall, StreamingOutputCallRequest())
+            var it = call.responses.makeAsyncIterator()
+            let first = try await it.next()
+            XCTAssertEqual(first?.payload.readableBytes, 10)
+            try await waitFor("the handler to return") { writer.withLockedValue { $0 != nil } }
+            let push = try XCTUnwrap(writer.withLockedValue { $0 })
+            var r = StreamingOutputCallResponse()
+            r.payload = ByteBuffer(repeating: 2, count: 20)
+            let second = try MessageCoding.encode(r)
+            try await push.eventLoop.submit {
+                XCTAssertEqual(push.write(second), .written, "the call is still open after its handler returned")
+                push.flush()
+                push.end(RPCStatus(.resourceExhausted, "enough for now"))
+                XCTAssertEqual(push.write(second), .ended)
+            }.get()
+            let next = try await it.next()
+            XCTAssertEqual(next?.payload.readableBytes, 20)
+            do {
+                _ = try await it.next()
+                XCTFail("expected the status given to end()")
+            } catch let status as RPCStatus {
+                XCTAssertEqual(status.code, .resourceExhausted)
+                XCTAssertEqual(status.message, "enough for now")
+            }
+            XCTAssertNil(ended.withLockedValue { $0 }, "onEnd is only for calls ended otherwise")
+        }
+    }
+
+    func testDetachedCallIsToldWhenThePeerCancelsOrGoesAway() async throws {
+        let ended = NIOLockedValueBox<RPCStatus?>(nil)
+        let writer = NIOLockedValueBox<PushWriter?>(nil)
+        try await withServer({ $0.serverStreaming(TestService.streamingOutputCall, detachingHandler(ended, writer)) }) { client in
+            let call = try await client.serverStreaming(TestService.streamingOutputCall, StreamingOutputCallRequest())
+            try await waitFor("the handler to return") { writer.withLockedValue { $0 != nil } }
+            call.cancel()
+            try await waitFor("onEnd") { ended.withLockedValue { $0 } != nil }
+            XCTAssertEqual(ended.withLockedValue { $0 }?.code, .cancelled)
+            XCTAssertEqual(ended.withLockedValue { $0 }?.message, "cancelled by the client")
+
+            ended.withLockedValue { $0 = nil }
+            writer.withLockedValue { $0 = nil }
+            _ = try await client.serverStreaming(TestService.streamingOutputCall, StreamingOutputCallRequest())
+            try await waitFor("the handler to return") { writer.withLockedValue { $0 != nil } }
+            await client.close()
+            try await waitFor("onEnd") { ended.withLockedValue { $0 } != nil }
+            XCTAssertEqual(ended.withLockedValue { $0 }?.message, "the client went away")
+        }
+    }
+
     func testSlowReaderBoundsWhatTheServerSends() async throws {
         let probe = Probe()
         let messageSize = 64 * 1024
