@@ -14,13 +14,16 @@ public final class SharedFrames: @unchecked Sendable {
         var attachment: UInt
         var length: Int
         var payload: RPCPayload
-        var asked: [UInt32: ByteBuffer?] = [:]
+        /// Call ids that asked, with their frame once built. Usually one or two: searched in order.
+        var asked: [(callID: UInt32, frame: ByteBuffer?)] = []
     }
 
     private var entries: [Entry] = []
     private var next = 0
     /// Messages remembered at once: viewers mostly ask for the newest few.
     private static let size = 4
+    /// Call ids remembered per message; past that, calls write in parts.
+    private static let callIDs = 16
 
     public init() {}
 
@@ -45,18 +48,15 @@ public final class SharedFrames: @unchecked Sendable {
             if n < Self.size { entries.append(e); index = n } else { entries[next] = e; index = next }
             next = (index + 1) % Self.size
         }
-        switch entries[index].asked[callID] {
-        case .none:
-            entries[index].asked[callID] = .some(nil)
+        guard let k = entries[index].asked.firstIndex(where: { $0.callID == callID }) else {
+            if entries[index].asked.count < Self.callIDs { entries[index].asked.append((callID, nil)) }
             return nil
-        case .some(.some(let built)):
-            return built
-        case .some(.none):
-            let frame = payload.frame(callID: callID)
-            var whole = allocator.buffer(capacity: Frame.headerLength + frame.payloadLength)
-            FrameEncoder.encode(frame, into: &whole)
-            entries[index].asked[callID] = .some(whole)
-            return whole
         }
+        if let built = entries[index].asked[k].frame { return built }
+        let frame = payload.frame(callID: callID)
+        var whole = allocator.buffer(capacity: Frame.headerLength + frame.payloadLength)
+        FrameEncoder.encode(frame, into: &whole)
+        entries[index].asked[k].frame = whole
+        return whole
     }
 }
