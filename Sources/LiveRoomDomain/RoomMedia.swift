@@ -1,5 +1,6 @@
 import LiveRoomMessages
 import NIOCore
+import Synchronization
 
 /// Media limits of a room.
 public struct MediaSettings: Sendable, Equatable {
@@ -13,6 +14,23 @@ public struct MediaSettings: Sendable, Equatable {
     public init() {}
 }
 
+/// Work handed to a lane and not yet run. A lane falls behind only when the daemon is short of
+/// CPU (its work never waits on a viewer); the room then waits for it, and so, through flow
+/// control, does the publisher, rather than queueing media without bound.
+final class LaneBacklog: Sendable {
+    private let pending = Mutex(0)
+    /// Items a lane may be behind before the room waits; it resumes at half.
+    static let limit = 64
+
+    func added() { pending.withLock { $0 += 1 } }
+    func ran() { pending.withLock { $0 -= 1 } }
+    var isOver: Bool { pending.withLock { $0 > Self.limit } }
+
+    func waitUntilCaughtUp() async throws {
+        while pending.withLock({ $0 > Self.limit / 2 }) { try await Task.sleep(for: .milliseconds(1)) }
+    }
+}
+
 /// A viewer's call on a room.
 struct Watcher {
     let viewerId: String
@@ -24,11 +42,22 @@ struct Watcher {
 /// for each chunk copies nothing.
 struct LaneGroup {
     let lane: any ViewerLane
+    let backlog = LaneBacklog()
     private var tokens: [Int: Int] = [:]  // token -> index in members
     private(set) var members: [ViewerQueue] = []
     private var order: [Int] = []  // token at each index
 
     init(lane: any ViewerLane) { self.lane = lane }
+
+    /// Runs `work` on the lane, counted in its backlog.
+    func submit(_ work: @escaping @Sendable () -> Void) {
+        let backlog = self.backlog
+        backlog.added()
+        lane.run {
+            work()
+            backlog.ran()
+        }
+    }
 
     mutating func add(_ token: Int, _ queue: ViewerQueue) {
         tokens[token] = members.count
@@ -108,7 +137,7 @@ extension RoomActor {
         let isolate = lanes.count > 1 || lanes.values.contains { !($0.lane is InlineLane) }
         for group in lanes.values {
             let members = group.members
-            group.lane.run {
+            group.submit {
                 var c = chunk
                 if isolate { c.payload = ByteBufferAllocator().buffer(buffer: chunk.payload) }
                 // A viewer dropped here is removed when its call ends (the queue tells it).
@@ -117,6 +146,7 @@ extension RoomActor {
                 bytesOut.increment(by: size * delivered)
             }
         }
+        for group in lanes.values where group.backlog.isOver { try await group.backlog.waitUntilCaughtUp() }
     }
 
     /// Ends a publisher's session (it finished, failed, or went silent).
@@ -184,7 +214,7 @@ extension RoomActor {
         for group in lanes.values {
             let members = group.members
             let event = e
-            group.lane.run { for q in members { q.offer(event: event) } }
+            group.submit { for q in members { q.offer(event: event) } }
         }
     }
 

@@ -85,4 +85,37 @@ final class ViewerLaneTests: XCTestCase {
         XCTAssertEqual(kinds.first, "chunk 3")
         XCTAssertTrue(kinds.contains("\(StreamEventKind.closed)"), "told the room closed before the queue ends: \(kinds)")
     }
+
+    func testARoomWaitsForALaneThatFallsBehindInsteadOfQueueingWithoutBound() async throws {
+        let registry = RoomRegistry(store: MemoryStore(), platforms: [], connectors: [:], builtin: BuiltinEndpoints(),
+                                    clock: AdjustableClock())
+        let record = try await registry.create(RoomRegistryTests.request("self")).room
+        let room = try await registry.room(record.id)
+        let lane = HeldLane()
+        let queue = try await room.join(viewerId: "v", name: "", phone: "", lane: lane).queue
+        let session = try await room.beginPublish(key: record.streamKey, publisherId: "p")
+        let total = LaneBacklog.limit * 3
+        final class Count: Sendable { let value = Mutex(0) }
+        let published = Count()
+        let chunks = (0..<total).map { chunk(UInt64($0), keyframe: $0 == 0) }
+        let publisher = Task {
+            for c in chunks {
+                try await room.publish(c, session: session)
+                published.value.withLock { $0 += 1 }
+            }
+        }
+        try await Task.sleep(for: .milliseconds(200))
+        XCTAssertLessThanOrEqual(published.value.withLock { $0 }, LaneBacklog.limit + 1, "the publisher waits for the lane")
+        XCTAssertLessThanOrEqual(lane.pending, LaneBacklog.limit + 2, "the lane's backlog stays bounded")
+        var received = 0
+        while published.value.withLock({ $0 }) < total {
+            lane.runHeld()
+            received += drainAll(queue).items.count
+            try await Task.sleep(for: .milliseconds(5))
+        }
+        try await publisher.value
+        lane.runHeld()
+        received += drainAll(queue).items.count
+        XCTAssertEqual(received, total + 1, "every chunk and the started event, none lost")
+    }
 }
