@@ -23,28 +23,45 @@ final class PrefaceWriter: ChannelInboundHandler, RemovableChannelHandler {
 
 /// Client-side call multiplexer for one connection. Runs on the channel's event loop.
 final class ClientConnectionHandler: ChannelInboundHandler {
-    typealias InboundIn = FrameEvent
-    typealias OutboundOut = Frame
+    /// Bytes both ways: frames are decoded and encoded here, as in `ServerConnectionHandler`.
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
 
     final class Call {
         let id: UInt32
         /// Streaming responses; nil for the unary fast path.
         var responses: AsyncThrowingStream<RPCPayload, Error>.Continuation?
         var unaryResponse: RPCPayload?
-        let outcome: EventLoopPromise<CallOutcome>
+        let completion: Completion
         var initialMetadata = Metadata()
         var send = SendWindow()
         var receive = ReceiveWindow()
         var timer: Scheduled<Void>?
         var halfClosed = false
 
-        init(id: UInt32, outcome: EventLoopPromise<CallOutcome>) {
+        init(id: UInt32, completion: Completion) {
             self.id = id
-            self.outcome = outcome
+            self.completion = completion
+        }
+    }
+
+    /// Where a call's outcome goes: a promise, or for a unary call the caller's continuation
+    /// itself (no future, no callback in between).
+    enum Completion {
+        case promise(EventLoopPromise<CallOutcome>)
+        case continuation(UnsafeContinuation<CallOutcome, Never>)
+
+        func resume(_ outcome: CallOutcome) {
+            switch self {
+            case .promise(let p): p.succeed(outcome)
+            case .continuation(let c): c.resume(returning: outcome)
+            }
         }
     }
 
     private var context: ChannelHandlerContext!
+    private var allocator = ByteBufferAllocator()
+    private var decoder: NIOSingleStepByteToMessageProcessor<FrameDecoder>
     private var calls: [UInt32: Call] = [:]
     private var nextCallID: UInt32 = 1
     private var goAway: RPCStatus?
@@ -53,29 +70,63 @@ final class ClientConnectionHandler: ChannelInboundHandler {
     private var lastHeader: (header: CallHeader, bytes: ByteBuffer)?
     let maxFrameSize: Int
 
-    init(maxFrameSize: Int) { self.maxFrameSize = maxFrameSize }
+    init(maxFrameSize: Int) {
+        self.maxFrameSize = maxFrameSize
+        self.decoder = NIOSingleStepByteToMessageProcessor(FrameDecoder(maxFrameSize: maxFrameSize, expectPreface: false))
+    }
 
-    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        allocator = context.channel.allocator
+    }
+
+    private func write(_ frame: Frame, promise: EventLoopPromise<Void>? = nil) {
+        FrameEncoder.write(frame, to: context, allocator: allocator, promise: promise)
+    }
 
     // MARK: starting calls
 
     /// Opens a call. `request` (unary and server-streaming) is sent with END in the same flush.
     func open(path: String, metadata: Metadata, timeout: TimeAmount?, request: RPCPayload?, streaming: Bool,
               outcome: EventLoopPromise<CallOutcome>) -> Result<(UInt32, AsyncThrowingStream<RPCPayload, Error>?), RPCStatus> {
-        if let goAway { return .failure(goAway) }
-        if let request, request.wireLength > maxFrameSize {
-            return .failure(RPCStatus(.resourceExhausted,
-                "request message of \(request.wireLength) bytes exceeds the maximum frame size of \(maxFrameSize) bytes"))
-        }
-        let id = nextCallID
-        nextCallID += 1
-        let call = Call(id: id, outcome: outcome)
         var stream: AsyncThrowingStream<RPCPayload, Error>?
+        var responses: AsyncThrowingStream<RPCPayload, Error>.Continuation?
         if streaming {
             let (s, c) = AsyncThrowingStream<RPCPayload, Error>.makeStream()
             stream = s
-            call.responses = c
+            responses = c
         }
+        do {
+            let id = try begin(path: path, metadata: metadata, timeout: timeout, request: request,
+                               completion: .promise(outcome), responses: responses)
+            return .success((id, stream))
+        } catch {
+            return .failure(error)
+        }
+    }
+
+    /// Opens a unary call; `continuation` gets the outcome, failure included.
+    func openUnary(path: String, metadata: Metadata, timeout: TimeAmount?, request: RPCPayload,
+                   continuation: UnsafeContinuation<CallOutcome, Never>) {
+        do {
+            _ = try begin(path: path, metadata: metadata, timeout: timeout, request: request,
+                          completion: .continuation(continuation), responses: nil)
+        } catch {
+            continuation.resume(returning: CallOutcome(status: error, initialMetadata: Metadata(), trailers: Metadata()))
+        }
+    }
+
+    private func begin(path: String, metadata: Metadata, timeout: TimeAmount?, request: RPCPayload?, completion: Completion,
+                       responses: AsyncThrowingStream<RPCPayload, Error>.Continuation?) throws(RPCStatus) -> UInt32 {
+        if let goAway { throw goAway }
+        if let request, request.wireLength > maxFrameSize {
+            throw RPCStatus(.resourceExhausted,
+                "request message of \(request.wireLength) bytes exceeds the maximum frame size of \(maxFrameSize) bytes")
+        }
+        let id = nextCallID
+        nextCallID += 1
+        let call = Call(id: id, completion: completion)
+        call.responses = responses
         calls[id] = call
         var header = CallHeader()
         header.method = path
@@ -90,32 +141,36 @@ final class ClientConnectionHandler: ChannelInboundHandler {
         if let cached = lastHeader, cached.header == header {
             b = cached.bytes  // the same method and metadata again: reuse the encoding
         } else {
-            var fresh = context.channel.allocator.buffer(capacity: 64)
+            var fresh = allocator.buffer(capacity: 64)
             do {
                 try header.serialize(into: &fresh)
             } catch {
                 calls[id] = nil
-                return .failure(RPCStatus(.invalidArgument, "bad call metadata: \(error)"))
+                throw RPCStatus(.invalidArgument, "bad call metadata: \(error)")
             }
             lastHeader = (header, fresh)
             b = fresh
         }
-        context.write(wrapOutboundOut(Frame(.headers, callID: id, payload: b)), promise: nil)
+        let headers = Frame(.headers, callID: id, payload: b)
         if let request {
             call.halfClosed = true
             let frame = request.frame(callID: id, end: true)
             call.send.consume(frame)
-            context.write(wrapOutboundOut(frame), promise: nil)
+            if request.attachment == nil && request.body.readableBytes <= FrameEncoder.copyLimit {
+                // HEADERS and a small request in one buffer: a unary call is one write.
+                var both = allocator.buffer(capacity: 2 * Frame.headerLength + headers.payloadLength + frame.payloadLength)
+                FrameEncoder.encode(headers, into: &both)
+                FrameEncoder.encode(frame, into: &both)
+                context.write(wrapOutboundOut(both), promise: nil)
+            } else {
+                write(headers)
+                write(frame)
+            }
+        } else {
+            write(headers)
         }
         context.flush()
-        return .success((id, stream))
-    }
-
-    /// Opens a unary call; `outcome` carries the response or the failure.
-    func openUnary(path: String, metadata: Metadata, timeout: TimeAmount?, request: RPCPayload, outcome: EventLoopPromise<CallOutcome>) {
-        if case .failure(let status) = open(path: path, metadata: metadata, timeout: timeout, request: request, streaming: false, outcome: outcome) {
-            outcome.fail(status)
-        }
+        return id
     }
 
 
@@ -133,7 +188,7 @@ final class ClientConnectionHandler: ChannelInboundHandler {
         if end { call.halfClosed = true }
         let promise = context.eventLoop.makePromise(of: Void.self)
         let ready = call.send.enqueue(payload.frame(callID: id, end: end), promise)
-        for w in ready { context.write(wrapOutboundOut(w.frame), promise: w.promise) }
+        for w in ready { write(w.frame, promise: w.promise) }
         if !ready.isEmpty { context.flush() }
         return promise.futureResult
     }
@@ -143,37 +198,49 @@ final class ClientConnectionHandler: ChannelInboundHandler {
         call.halfClosed = true
         // END must follow messages still waiting for credit: queue it behind them.
         let ready = call.send.enqueue(Frame(.end, callID: id), context.eventLoop.makePromise())
-        for w in ready { context.write(wrapOutboundOut(w.frame), promise: w.promise) }
+        for w in ready { write(w.frame, promise: w.promise) }
         context.flush()
     }
 
     /// Cancels from the client side: CANCEL to the server, the call fails locally with `status`.
     func cancel(_ id: UInt32, _ status: RPCStatus) {
         guard let call = calls.removeValue(forKey: id) else { return }
-        context.writeAndFlush(wrapOutboundOut(Frame(.cancel, callID: id)), promise: nil)
+        write(Frame(.cancel, callID: id))
+        context.flush()
         complete(call, CallOutcome(status: status, initialMetadata: call.initialMetadata, trailers: Metadata()))
     }
 
     func returnCredit(_ n: Int, on id: UInt32) {
         guard let call = calls[id] else { return }
         call.receive.grant(n)
-        context.writeAndFlush(wrapOutboundOut(.windowUpdate(callID: id, increment: n, allocator: context.channel.allocator)), promise: nil)
+        write(.windowUpdate(callID: id, increment: n, allocator: allocator))
+        context.flush()
     }
 
     func ping(_ promise: EventLoopPromise<Void>) {
         let n = nextPing
         nextPing += 1
         pings[n] = promise
-        var b = context.channel.allocator.buffer(capacity: 8)
+        var b = allocator.buffer(capacity: 8)
         b.writeInteger(n)
-        context.writeAndFlush(wrapOutboundOut(Frame(.ping, callID: 0, payload: b)), promise: nil)
+        write(Frame(.ping, callID: 0, payload: b))
+        context.flush()
     }
 
     // MARK: inbound
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard case .frame(let frame) = unwrapInboundIn(data) else {
-            if case .oversized(let type, let id, let length) = unwrapInboundIn(data) {
+        do {
+            try decoder.process(buffer: unwrapInboundIn(data)) { received($0) }
+        } catch {
+            fail(all: RPCStatus(.unavailable, "the server broke the protocol: \(error)"))
+            context.close(promise: nil)
+        }
+    }
+
+    private func received(_ event: FrameEvent) {
+        guard case .frame(let frame) = event else {
+            if case .oversized(let type, let id, let length) = event {
                 let status = RPCStatus(.resourceExhausted,
                     "server sent a \(type) frame of \(length) bytes, over this client's maximum of \(maxFrameSize)")
                 if calls[id] != nil { cancel(id, status) } else { fail(all: status); context.close(promise: nil) }
@@ -218,10 +285,11 @@ final class ClientConnectionHandler: ChannelInboundHandler {
         case .windowUpdate:
             var p = frame.payload
             guard let n = p.readInteger(as: UInt32.self), let call = calls[frame.callID] else { return }
-            for w in call.send.grant(Int(n)) { context.write(wrapOutboundOut(w.frame), promise: w.promise) }
+            for w in call.send.grant(Int(n)) { write(w.frame, promise: w.promise) }
             context.flush()
         case .ping:
-            context.writeAndFlush(wrapOutboundOut(Frame(.pong, callID: 0, payload: frame.payload)), promise: nil)
+            write(Frame(.pong, callID: 0, payload: frame.payload))
+            context.flush()
         case .pong:
             var p = frame.payload
             if let n = p.readInteger(as: UInt64.self), let promise = pings.removeValue(forKey: n) { promise.succeed() }
@@ -247,7 +315,7 @@ final class ClientConnectionHandler: ChannelInboundHandler {
         }
         var outcome = outcome
         if outcome.status.code == .ok { outcome.unaryResponse = call.unaryResponse }
-        call.outcome.succeed(outcome)
+        call.completion.resume(outcome)
     }
 
     private func fail(all status: RPCStatus) {

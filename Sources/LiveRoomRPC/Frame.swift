@@ -75,8 +75,10 @@ public struct FrameError: Error, Sendable, Hashable, CustomStringConvertible {
 }
 
 /// Splits the byte stream into frames. Frames over the maximum size are reported and skipped
-/// as their bytes arrive, so memory never grows with a peer's length field.
-public struct FrameDecoder: ByteToMessageDecoder {
+/// as their bytes arrive, so memory never grows with a peer's length field. The connection
+/// handlers run it themselves (`NIOSingleStepByteToMessageProcessor`), so frames reach them
+/// without a trip down the pipeline; it also works as a `ByteToMessageHandler`.
+public struct FrameDecoder: NIOSingleStepByteToMessageDecoder {
     public typealias InboundOut = FrameEvent
 
     public let maxFrameSize: Int
@@ -89,17 +91,15 @@ public struct FrameDecoder: ByteToMessageDecoder {
         self.awaitingPreface = expectPreface
     }
 
-    public mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
-        guard let event = try next(&buffer) else { return .needMoreData }
-        if let event = event { context.fireChannelRead(Self.wrapInboundOut(event)) }
-        return .continue
+    public mutating func decode(buffer: inout ByteBuffer) throws -> FrameEvent? {
+        while let step = try next(&buffer) {
+            if let event = step { return event }
+        }
+        return nil
     }
 
-    public mutating func decodeLast(context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool) throws -> DecodingState {
-        while let event = try next(&buffer) {
-            if let event { context.fireChannelRead(Self.wrapInboundOut(event)) }
-        }
-        return .needMoreData
+    public mutating func decodeLast(buffer: inout ByteBuffer, seenEOF: Bool) throws -> FrameEvent? {
+        try decode(buffer: &buffer)
     }
 
     /// Decodes every complete frame in `bytes` (for fuzzing and tools; channels use the handler).
@@ -158,7 +158,7 @@ public final class FrameEncoder: ChannelOutboundHandler {
     public typealias OutboundIn = Frame
     public typealias OutboundOut = ByteBuffer
 
-    private static let copyLimit = 1024
+    static let copyLimit = 1024
 
     public init() {}
 

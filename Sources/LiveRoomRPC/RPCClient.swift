@@ -36,12 +36,7 @@ public final class RPCClient: Sendable {
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let handler = ClientConnectionHandler(maxFrameSize: maxFrameSize)
-                    try channel.pipeline.syncOperations.addHandlers([
-                        PrefaceWriter(),
-                        ByteToMessageHandler(FrameDecoder(maxFrameSize: maxFrameSize, expectPreface: false)),
-                        FrameEncoder(),
-                        handler,
-                    ])
+                    try channel.pipeline.syncOperations.addHandlers([PrefaceWriter(), handler])
                 }
             }
         let channel: Channel
@@ -83,16 +78,16 @@ public final class RPCClient: Sendable {
         let connection = self.connection
         let all = merged(metadata)
         let amount = timeout.map(Self.timeAmount)
-        let outcome = connection.eventLoop.makePromise(of: CallOutcome.self)
-        if connection.eventLoop.inEventLoop {
-            // The task already runs on this connection's loop (NIO as the executor): no hop.
-            connection.value.openUnary(path: path, metadata: all, timeout: amount, request: request, outcome: outcome)
-        } else {
-            connection.eventLoop.execute {
-                connection.value.openUnary(path: path, metadata: all, timeout: amount, request: request, outcome: outcome)
+        let result = await withUnsafeContinuation { (continuation: UnsafeContinuation<CallOutcome, Never>) in
+            if connection.eventLoop.inEventLoop {
+                // The task already runs on this connection's loop (NIO as the executor): no hop.
+                connection.value.openUnary(path: path, metadata: all, timeout: amount, request: request, continuation: continuation)
+            } else {
+                connection.eventLoop.execute {
+                    connection.value.openUnary(path: path, metadata: all, timeout: amount, request: request, continuation: continuation)
+                }
             }
         }
-        let result = try await outcome.futureResult.get()
         guard result.status.code == .ok else { throw result.status }
         guard let response = result.unaryResponse else {
             throw RPCStatus(.internal, "server ended a unary call with OK but sent no response message")

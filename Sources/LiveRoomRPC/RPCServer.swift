@@ -151,12 +151,10 @@ public final class RPCServer: Service, Sendable {
                         maxFrameSize: configuration.maxFrameSize,
                         maxConcurrentCalls: configuration.maxConcurrentCallsPerConnection,
                         gracePeriod: configuration.gracePeriod)
-                    try channel.pipeline.syncOperations.addHandlers([
-                        ByteToMessageHandler(FrameDecoder(maxFrameSize: configuration.maxFrameSize, expectPreface: true)),
+                    try channel.pipeline.syncOperations.addHandler(
                         ServerConnectionHandler(registry: registry, limits: limits, transport: transport,
                                                 authenticate: configuration.authenticate, metrics: configuration.metrics,
-                                                logger: logger),
-                    ])
+                                                logger: logger))
                 }
             }
             .childChannelOption(.allowRemoteHalfClosure, value: false)

@@ -9,7 +9,9 @@ import NIOExtras
 /// their messages, runs each call's handler in its own task, enforces deadlines, flow control
 /// and limits, and drains on graceful shutdown. Everything here runs on the channel's event loop.
 final class ServerConnectionHandler: ChannelInboundHandler {
-    typealias InboundIn = FrameEvent
+    /// Bytes: frames are decoded here, not by a decoder handler before this one, because a
+    /// decoded `Frame` is too big for `NIOAny` and each one passed up the pipeline was boxed.
+    typealias InboundIn = ByteBuffer
     /// Frames are encoded here rather than by a FrameEncoder further down: a `Frame` is too big
     /// for `NIOAny`'s inline storage, and boxing one per write showed in fan-out profiles.
     typealias OutboundOut = ByteBuffer
@@ -42,8 +44,13 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         var detached = false
         var onEnd: ((RPCStatus) -> Void)?
 
-        init(id: UInt32, entry: ServiceRegistry.Entry, context: CallContext, timed: Bool) {
+        /// Held by the call so that a `PushWriter` reaches both with one loop check. The cycle is
+        /// broken when the call leaves `calls`, which every call does (shutdown removes them all).
+        let connection: ServerConnectionHandler
+
+        init(id: UInt32, entry: ServiceRegistry.Entry, context: CallContext, timed: Bool, connection: ServerConnectionHandler) {
             self.id = id
+            self.connection = connection
             self.entry = entry
             self.context = context
             self.startedAt = timed ? .now() : nil
@@ -52,6 +59,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         var streamsRequests: Bool { entry.info.kind == .clientStreaming || entry.info.kind == .bidirectional }
     }
 
+    private var decoder: NIOSingleStepByteToMessageProcessor<FrameDecoder>
     private let registry: ServiceRegistry
     private let limits: Limits
     private let transport: Transport
@@ -71,6 +79,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
 
     init(registry: ServiceRegistry, limits: Limits, transport: Transport,
          authenticate: (@Sendable (CallContext) -> RPCStatus?)?, metrics: RPCMetrics? = nil, logger: Logger) {
+        self.decoder = NIOSingleStepByteToMessageProcessor(FrameDecoder(maxFrameSize: limits.maxFrameSize, expectPreface: true))
         self.registry = registry
         self.limits = limits
         self.transport = transport
@@ -89,7 +98,20 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     // MARK: inbound frames
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        switch unwrapInboundIn(data) {
+        guard !closed else { return }  // after a protocol error, the rest is not read
+        do {
+            try decoder.process(buffer: unwrapInboundIn(data)) { event in
+                if !closed { received(event) }
+            }
+        } catch let error as FrameError {
+            connectionError(error)
+        } catch {
+            connectionError(FrameError("\(error)"))
+        }
+    }
+
+    private func received(_ event: FrameEvent) {
+        switch event {
         case .frame(let frame):
             handle(frame)
         case .oversized(let type, let id, let length):
@@ -170,7 +192,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
             refuse(id, denied, method: header.method)
             return
         }
-        let call = Call(id: id, entry: entry, context: ctx, timed: metrics != nil)
+        let call = Call(id: id, entry: entry, context: ctx, timed: metrics != nil, connection: self)
         calls[id] = call
         if let deadline {
             call.deadlineTimer = context.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) { [self] in
@@ -255,8 +277,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         let loop = NIOLoopBound(self, eventLoop: context.eventLoop)
         let serverCall = ServerCall(context: call.context, requests: requests,
                                     responses: ResponseWriter(callID: call.id, connection: loop,
-                                                              target: NIOLoopBound(PushTarget(connection: self, call: call),
-                                                                                   eventLoop: context.eventLoop)))
+                                                              call: NIOLoopBound(call, eventLoop: context.eventLoop)))
         let handler = call.entry.handler
         let id = call.id
         // Runs the handler here, on the event loop, until its first suspension: a unary handler
@@ -282,10 +303,12 @@ final class ServerConnectionHandler: ChannelInboundHandler {
             return
         }
         guard let call = calls.removeValue(forKey: id) else { return }
+        call.task = nil  // it is finishing: nothing to cancel
         let status: RPCStatus
+        var message: RPCPayload?
         switch result {
         case .success(let last):
-            if let last { writeMessage(call, last) }
+            message = last
             status = .ok
         case .failure(let error as RPCStatus):
             status = error
@@ -298,7 +321,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
             status = RPCStatus(.unknown, "\(error)")
         }
         if status.code != .ok { call.context.logger.debug("ended with \(status)") }
-        writeStatus(call, status)
+        writeStatus(call, status, after: message)
         teardown(call, status)
         context.flush()
         closeIfDrained()
@@ -423,11 +446,6 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         FrameEncoder.write(frame, to: context, allocator: allocator, promise: promise)
     }
 
-    private func writeMessage(_ call: Call, _ payload: RPCPayload) {
-        guard payload.wireLength <= limits.maxFrameSize else { return }
-        writeInitialMetadataIfNeeded(call)
-        write(payload.frame(callID: call.id), promise: nil)
-    }
 
     private func writeInitialMetadataIfNeeded(_ call: Call) {
         guard !call.sentInitialMetadata else { return }
@@ -441,17 +459,37 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         write(Frame(.headers, callID: call.id, payload: b), promise: nil)
     }
 
-    private func writeStatus(_ call: Call, _ status: RPCStatus) {
+    /// Writes the status, after a last response message if there is one (a unary or client-
+    /// streaming response): a small one goes in the same buffer, so a unary answer is one write.
+    private func writeStatus(_ call: Call, _ status: RPCStatus, after message: RPCPayload? = nil) {
+        guard !closed else { return }
         writeInitialMetadataIfNeeded(call)
-        writeStatus(call.id, status, trailers: call.context.responseMetadata.withLockedValue { $0.trailers })
+        let statusFrame = self.statusFrame(call.id, status, trailers: call.context.responseMetadata.withLockedValue { $0.trailers })
+        guard let message, message.wireLength <= limits.maxFrameSize else {
+            write(statusFrame, promise: nil)
+            return
+        }
+        let frame = message.frame(callID: call.id)
+        guard message.attachment == nil, message.body.readableBytes <= FrameEncoder.copyLimit else {
+            write(frame, promise: nil)
+            write(statusFrame, promise: nil)
+            return
+        }
+        var both = allocator.buffer(capacity: 2 * Frame.headerLength + frame.payloadLength + statusFrame.payloadLength)
+        FrameEncoder.encode(frame, into: &both)
+        FrameEncoder.encode(statusFrame, into: &both)
+        context.write(wrapOutboundOut(both), promise: nil)
     }
 
     private func writeStatus(_ id: UInt32, _ status: RPCStatus, trailers: Metadata) {
         guard !closed else { return }
+        write(statusFrame(id, status, trailers: trailers), promise: nil)
+    }
+
+    private func statusFrame(_ id: UInt32, _ status: RPCStatus, trailers: Metadata) -> Frame {
         if status.code == .ok && status.message.isEmpty && trailers.isEmpty {
             // An empty CallStatus is OK: the common case needs no encoding.
-            write(Frame(.status, callID: id), promise: nil)
-            return
+            return Frame(.status, callID: id)
         }
         var s = CallStatus()
         s.code = status.code.rawValue
@@ -460,7 +498,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         s.trailers = trailers.entries.map { e in var m = MetadataEntry(); m.key = e.key; m.value = e.value; return m }
         var b = allocator.buffer(capacity: 32 + s.message.utf8.count)
         try? s.serialize(into: &b)
-        write(Frame(.status, callID: id, payload: b), promise: nil)
+        return Frame(.status, callID: id, payload: b)
     }
 
     private func writeGoAway(code: RPCStatus.Code, _ message: String) {
@@ -485,13 +523,9 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
-        if let frameError = error as? FrameError {
-            connectionError(frameError)
-        } else {
-            logger.debug("connection error: \(error)")
-            shutdown(RPCStatus(.unavailable, "connection error: \(error)"))
-            context.close(promise: nil)
-        }
+        logger.debug("connection error: \(error)")
+        shutdown(RPCStatus(.unavailable, "connection error: \(error)"))
+        context.close(promise: nil)
     }
 
     func channelInactive(context: ChannelHandlerContext) {

@@ -1,0 +1,87 @@
+import LiveRoomMessages
+import Logging
+import NIOCore
+import NIOEmbedded
+import XCTest
+
+@testable import LiveRoomRPC
+
+/// The server's connection handler on an EmbeddedChannel: it decodes frames itself, so bytes may
+/// arrive in any pieces.
+final class ServerConnectionHandlerTests: XCTestCase {
+    private func makeChannel() throws -> EmbeddedChannel {
+        var registry = ServiceRegistry()
+        registry.unary(TestService.unaryCall) { request, _ in
+            var r = SimpleResponse()
+            r.payload = ByteBuffer(repeating: 5, count: Int(request.responseSize))
+            return r
+        }
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        let handler = ServerConnectionHandler(
+            registry: registry, limits: .init(maxFrameSize: 1 << 20, maxConcurrentCalls: 8, gracePeriod: .seconds(1)),
+            transport: .unix, authenticate: nil, logger: logger)
+        return EmbeddedChannel(handler: handler)
+    }
+
+    private func unaryCallBytes(id: UInt32, responseSize: Int32) throws -> ByteBuffer {
+        var header = CallHeader()
+        header.method = TestService.unaryCall.info.path
+        var request = SimpleRequest()
+        request.responseSize = responseSize
+        var bytes = ByteBuffer(bytes: Frame.preface)
+        FrameEncoder.encode(Frame(.headers, callID: id, payload: ByteBuffer(bytes: try header.serializedBytes())), into: &bytes)
+        FrameEncoder.encode(Frame(.message, flags: .endStream, callID: id, payload: ByteBuffer(bytes: try request.serializedBytes())), into: &bytes)
+        return bytes
+    }
+
+    private func written(_ channel: EmbeddedChannel) throws -> [Frame] {
+        var all = ByteBuffer()
+        while var part = try channel.readOutbound(as: ByteBuffer.self) { all.writeBuffer(&part) }
+        var decoder = FrameDecoder(expectPreface: false)
+        return try decoder.decodeAll(&all).compactMap { if case .frame(let f) = $0 { return f } else { return nil } }
+    }
+
+    func testAUnaryCallFedOneByteAtATimeIsAnsweredWithOneMessageAndOKInOneWrite() throws {
+        let channel = try makeChannel()
+        var bytes = try unaryCallBytes(id: 1, responseSize: 7)
+        while let byte = bytes.readSlice(length: 1) {
+            try channel.writeInbound(byte)
+            if bytes.readableBytes > 0 { XCTAssertNil(try channel.readOutbound(as: ByteBuffer.self), "nothing before the call is whole") }
+        }
+        let first = try XCTUnwrap(channel.readOutbound(as: ByteBuffer.self), "the answer")
+        XCTAssertNil(try channel.readOutbound(as: ByteBuffer.self), "message and status go in one buffer")
+        var decoder = FrameDecoder(expectPreface: false)
+        var copy = first
+        let frames = try decoder.decodeAll(&copy).compactMap { e -> Frame? in if case .frame(let f) = e { return f } else { return nil } }
+        XCTAssertEqual(frames.map(\.type), [.message, .status])
+        XCTAssertEqual(frames.map(\.callID), [1, 1])
+        XCTAssertEqual(try SimpleResponse(buffer: frames[0].payload).payload.readableBytes, 7)
+        XCTAssertEqual(frames[1].payload.readableBytes, 0, "an empty STATUS is OK")
+    }
+
+    func testTwoCallsInOneReadAreBothAnswered() throws {
+        let channel = try makeChannel()
+        var bytes = try unaryCallBytes(id: 1, responseSize: 1)
+        var second = try unaryCallBytes(id: 2, responseSize: 2)
+        second.moveReaderIndex(forwardBy: Frame.preface.count)
+        bytes.writeBuffer(&second)
+        try channel.writeInbound(bytes)
+        let frames = try written(channel)
+        XCTAssertEqual(frames.map(\.type), [.message, .status, .message, .status])
+        XCTAssertEqual(frames.map(\.callID), [1, 1, 2, 2])
+    }
+
+    func testABadPrefaceGetsGoAwayAndTheRestIsNotRead() throws {
+        let channel = try makeChannel()
+        var bytes = ByteBuffer(string: "GET / HTTP/1.1\r\n\r\n")
+        var call = try unaryCallBytes(id: 1, responseSize: 1)
+        bytes.writeBuffer(&call)
+        try channel.writeInbound(bytes)
+        let frames = try written(channel)
+        XCTAssertEqual(frames.map(\.type), [.goAway])
+        let goAway = try GoAway(buffer: frames[0].payload)
+        XCTAssertTrue(goAway.message.contains("preface"), goAway.message)
+        XCTAssertFalse(channel.isActive, "closed")
+    }
+}
