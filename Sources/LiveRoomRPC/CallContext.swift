@@ -1,6 +1,7 @@
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
+import Synchronization
 
 /// How a connection reached the server; access rules depend on it.
 public enum Transport: String, Sendable, Hashable {
@@ -17,7 +18,7 @@ public struct CallContext: Sendable {
     public let transport: Transport
     public let peer: String
     let connectionLogger: Logger
-    let responseMetadata: NIOLockedValueBox<ResponseMetadata>
+    let responseMetadata: ResponseMetadataBox
     let connection: NIOLoopBound<ServerConnectionHandler>?
 
     /// Ends this call now with `status`, from any task: the peer gets the status, and the
@@ -59,6 +60,15 @@ struct ResponseMetadata: Sendable {
     var initial = Metadata()
     var trailers = Metadata()
     var log: Logger.Metadata = [:]
+}
+
+/// One per call, so made cheaply: a `Mutex` needs no lock object of its own to set up.
+final class ResponseMetadataBox: Sendable {
+    private let state = Mutex(ResponseMetadata())
+
+    func withLockedValue<T: Sendable>(_ body: (inout ResponseMetadata) -> T) -> T {
+        state.withLock { body(&$0) }
+    }
 }
 
 /// Messages arriving on a call. Consuming them returns flow-control credit to the peer.

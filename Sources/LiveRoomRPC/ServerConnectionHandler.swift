@@ -72,6 +72,8 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     private var allocator = ByteBufferAllocator()
     private var calls: [UInt32: Call] = [:]
     private var lastCallID: UInt32 = 0
+    /// The last valid HEADERS payload, decoded: most connections call the same method repeatedly.
+    private var lastHeader: (bytes: ByteBuffer, header: CallHeader, entry: ServiceRegistry.Entry, metadata: Metadata)?
     private var draining = false
     private var closed = false
     private var peer = "?"
@@ -167,26 +169,37 @@ final class ServerConnectionHandler: ChannelInboundHandler {
             return
         }
         let header: CallHeader
-        do {
-            header = try CallHeader(buffer: frame.payload)
-        } catch {
-            refuse(id, RPCStatus(.invalidArgument, "HEADERS payload is not a valid liveroom.rpc.v1.CallHeader: \(error)"))
-            return
+        let entry: ServiceRegistry.Entry
+        let metadata: Metadata
+        if let last = lastHeader, last.bytes == frame.payload {
+            // The same method, metadata and timeout as the previous call (a client calling one
+            // method again and again): no decoding, no lookup.
+            (header, entry, metadata) = (last.header, last.entry, last.metadata)
+        } else {
+            do {
+                header = try CallHeader(buffer: frame.payload)
+            } catch {
+                refuse(id, RPCStatus(.invalidArgument, "HEADERS payload is not a valid liveroom.rpc.v1.CallHeader: \(error)"))
+                return
+            }
+            guard let found = registry.entry(for: header.method) else {
+                refuse(id, RPCStatus(.unimplemented, "unknown method \(header.method)"))
+                return
+            }
+            guard header.timeoutMs >= 0 else {
+                refuse(id, RPCStatus(.invalidArgument, "timeout_ms must not be negative, got \(header.timeoutMs)"), method: header.method)
+                return
+            }
+            var m = Metadata()
+            for e in header.metadata { m.add(e.key, e.value) }
+            (entry, metadata) = (found, m)
+            // A copy: holding a slice would pin the whole read buffer.
+            lastHeader = (ByteBuffer(buffer: frame.payload), header, entry, metadata)
         }
-        guard let entry = registry.entry(for: header.method) else {
-            refuse(id, RPCStatus(.unimplemented, "unknown method \(header.method)"))
-            return
-        }
-        guard header.timeoutMs >= 0 else {
-            refuse(id, RPCStatus(.invalidArgument, "timeout_ms must not be negative, got \(header.timeoutMs)"), method: header.method)
-            return
-        }
-        var metadata = Metadata()
-        for e in header.metadata { metadata.add(e.key, e.value) }
         let deadline = header.timeoutMs > 0 ? NIODeadline.now() + .milliseconds(header.timeoutMs) : nil
         let ctx = CallContext(
             callID: id, path: header.method, metadata: metadata, deadline: deadline, transport: transport,
-            peer: peer, connectionLogger: logger, responseMetadata: NIOLockedValueBox(ResponseMetadata()),
+            peer: peer, connectionLogger: logger, responseMetadata: ResponseMetadataBox(),
             connection: NIOLoopBound(self, eventLoop: context.eventLoop))
         if let denied = authenticate?(ctx) {
             refuse(id, denied, method: header.method)

@@ -11,9 +11,11 @@ import XCTest
 final class ServerConnectionHandlerTests: XCTestCase {
     private func makeChannel() throws -> EmbeddedChannel {
         var registry = ServiceRegistry()
-        registry.unary(TestService.unaryCall) { request, _ in
+        registry.unary(TestService.unaryCall) { request, context in
             var r = SimpleResponse()
-            r.payload = ByteBuffer(repeating: 5, count: Int(request.responseSize))
+            // Metadata "n", when sent, overrides the size: shows which metadata the call saw.
+            let size = context.metadata["n"].flatMap { Int($0) } ?? Int(request.responseSize)
+            r.payload = ByteBuffer(repeating: 5, count: size)
             return r
         }
         var logger = Logger(label: "test")
@@ -24,9 +26,15 @@ final class ServerConnectionHandlerTests: XCTestCase {
         return EmbeddedChannel(handler: handler)
     }
 
-    private func unaryCallBytes(id: UInt32, responseSize: Int32) throws -> ByteBuffer {
+    private func unaryCallBytes(id: UInt32, responseSize: Int32, n: String? = nil, method: String = TestService.unaryCall.info.path) throws -> ByteBuffer {
         var header = CallHeader()
-        header.method = TestService.unaryCall.info.path
+        header.method = method
+        if let n {
+            var e = MetadataEntry()
+            e.key = "n"
+            e.value = n
+            header.metadata = [e]
+        }
         var request = SimpleRequest()
         request.responseSize = responseSize
         var bytes = ByteBuffer(bytes: Frame.preface)
@@ -83,5 +91,27 @@ final class ServerConnectionHandlerTests: XCTestCase {
         let goAway = try GoAway(buffer: frames[0].payload)
         XCTAssertTrue(goAway.message.contains("preface"), goAway.message)
         XCTAssertFalse(channel.isActive, "closed")
+    }
+
+    func testRepeatedHeadersAreReusedButEveryDifferenceCounts() throws {
+        let channel = try makeChannel()
+        var bytes = ByteBuffer(bytes: Frame.preface)
+        let calls: [(UInt32, String?, String)] = [
+            (1, "3", TestService.unaryCall.info.path), (2, "5", TestService.unaryCall.info.path),
+            (3, "3", TestService.unaryCall.info.path), (4, "3", "/liveroom.testing.v1.TestService/Nope"),
+            (5, "3", TestService.unaryCall.info.path), (6, nil, TestService.unaryCall.info.path),
+        ]
+        for (id, n, method) in calls {
+            var one = try unaryCallBytes(id: id, responseSize: 1, n: n, method: method)
+            one.moveReaderIndex(forwardBy: Frame.preface.count)
+            bytes.writeBuffer(&one)
+        }
+        try channel.writeInbound(bytes)
+        let frames = try written(channel)
+        let sizes = try frames.filter { $0.type == .message }.map { try SimpleResponse(buffer: $0.payload).payload.readableBytes }
+        XCTAssertEqual(sizes, [3, 5, 3, 3, 1], "each call saw its own metadata")
+        let statuses = try frames.filter { $0.type == .status }.map { ($0.callID, try CallStatus(buffer: $0.payload).code) }
+        XCTAssertEqual(statuses.map(\.0), [1, 2, 3, 4, 5, 6])
+        XCTAssertEqual(statuses.map(\.1), [0, 0, 0, RPCStatus.Code.unimplemented.rawValue, 0, 0])
     }
 }
