@@ -28,12 +28,17 @@ public enum StreamKey {
 
     /// Compares without returning early, so timing does not reveal how much of a key matched.
     public static func equal(_ a: String, _ b: String) -> Bool {
-        let x = Array(a.utf8), y = Array(b.utf8)
-        var diff = UInt8(truncatingIfNeeded: x.count ^ y.count)
-        for i in 0..<max(x.count, y.count) {
-            diff |= (i < x.count ? x[i] : 0) ^ (i < y.count ? y[i] : 0)
+        var a = a, b = b
+        return a.withUTF8 { x in
+            b.withUTF8 { y in
+                // Lengths compared whole: a truncated difference could hide NUL padding.
+                var diff: UInt8 = x.count == y.count ? 0 : 1
+                for i in 0..<max(x.count, y.count) {
+                    diff |= (i < x.count ? x[i] : 0) ^ (i < y.count ? y[i] : 0)
+                }
+                return diff == 0
+            }
         }
-        return diff == 0
     }
 
     /// A form safe for logs: never the key itself.

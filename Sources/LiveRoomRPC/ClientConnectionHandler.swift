@@ -67,7 +67,7 @@ final class ClientConnectionHandler: ChannelInboundHandler {
     private var goAway: RPCStatus?
     private var pings: [UInt64: (EventLoopPromise<Void>)] = [:]
     private var nextPing: UInt64 = 1
-    private var lastHeader: (header: CallHeader, bytes: ByteBuffer)?
+    private var lastHeader: (path: String, metadata: Metadata, timeoutMs: Int64, bytes: ByteBuffer)?
     let maxFrameSize: Int
 
     init(maxFrameSize: Int) {
@@ -128,19 +128,20 @@ final class ClientConnectionHandler: ChannelInboundHandler {
         let call = Call(id: id, completion: completion)
         call.responses = responses
         calls[id] = call
-        var header = CallHeader()
-        header.method = path
-        header.metadata = metadata.entries.map { e in var m = MetadataEntry(); m.key = e.key; m.value = e.value; return m }
+        let timeoutMs = timeout.map { max(1, $0.nanoseconds / 1_000_000) } ?? 0
         if let timeout {
-            header.timeoutMs = max(1, timeout.nanoseconds / 1_000_000)
             call.timer = context.eventLoop.assumeIsolated().scheduleTask(in: timeout) { [self] in
-                self.cancel(id, RPCStatus(.deadlineExceeded, "deadline of \(header.timeoutMs) ms exceeded"))
+                self.cancel(id, RPCStatus(.deadlineExceeded, "deadline of \(timeoutMs) ms exceeded"))
             }
         }
         let b: ByteBuffer
-        if let cached = lastHeader, cached.header == header {
+        if let cached = lastHeader, cached.path == path, cached.timeoutMs == timeoutMs, cached.metadata == metadata {
             b = cached.bytes  // the same method and metadata again: reuse the encoding
         } else {
+            var header = CallHeader()
+            header.method = path
+            header.metadata = metadata.entries.map { e in var m = MetadataEntry(); m.key = e.key; m.value = e.value; return m }
+            header.timeoutMs = timeoutMs
             var fresh = allocator.buffer(capacity: 64)
             do {
                 try header.serialize(into: &fresh)
@@ -148,7 +149,7 @@ final class ClientConnectionHandler: ChannelInboundHandler {
                 calls[id] = nil
                 throw RPCStatus(.invalidArgument, "bad call metadata: \(error)")
             }
-            lastHeader = (header, fresh)
+            lastHeader = (path, metadata, timeoutMs, fresh)
             b = fresh
         }
         let headers = Frame(.headers, callID: id, payload: b)

@@ -198,20 +198,24 @@ public final class Daemon: Service, Sendable {
 /// Calls over TCP must carry `authorization: Bearer TOKEN`; Unix-socket calls are trusted as far
 /// as the socket file's permissions allow. Health is open on both so probes need no secret.
 struct TCPAuthenticator: Sendable {
-    let token: String?
+    /// `Bearer TOKEN`, made once: this runs for every call.
+    private let expected: String?
+    private let healthPrefix = "/\(Health.name)/"
+    private let reportAudience = AudienceService.reportAudience.info.path
+
+    init(token: String?) { expected = token.map { "Bearer \($0)" } }
 
     func check(_ context: CallContext) -> RPCStatus? {
         // Health is open; ReportAudience authenticates connectors with their platform's token.
-        guard context.transport == .tcp, !context.path.hasPrefix("/\(Health.name)/"),
-            context.path != AudienceService.reportAudience.info.path
+        guard context.transport == .tcp, !context.path.hasPrefix(healthPrefix), context.path != reportAudience
         else { return nil }
-        guard let token else {
+        guard let expected else {
             return RPCStatus(.unauthenticated, "calls over TCP are disabled: the daemon has no tcp_token configured")
         }
         guard let presented = context.metadata["authorization"] else {
             return RPCStatus(.unauthenticated, "calls over TCP need metadata \"authorization: Bearer <tcp_token>\"")
         }
-        guard StreamKey.equal(presented, "Bearer \(token)") else {
+        guard StreamKey.equal(presented, expected) else {
             return RPCStatus(.unauthenticated, "the authorization token is not valid")
         }
         return nil

@@ -286,6 +286,7 @@ final class RoomRegistryTests: XCTestCase {
         XCTAssertFalse(StreamKey.equal("abc", "abd"))
         XCTAssertFalse(StreamKey.equal("abc", "abcd"))
         XCTAssertFalse(StreamKey.equal("", "a"))
+        XCTAssertFalse(StreamKey.equal("abc", "abc" + String(repeating: "\u{0}", count: 256)), "a length difference of 256 still differs")
         XCTAssertFalse(StreamKey.redacted("sk_secret").contains("secret"))
     }
 
