@@ -272,8 +272,12 @@ final class ClientConnectionHandler: ChannelInboundHandler {
             }
         case .status:
             guard let call = calls.removeValue(forKey: frame.callID) else { return }
-            // An empty STATUS payload is OK with nothing else: skip the decoder.
-            let s = frame.payload.readableBytes == 0 ? CallStatus() : (try? CallStatus(buffer: frame.payload)) ?? {
+            guard frame.payload.readableBytes > 0 else {
+                // An empty STATUS payload is OK with nothing else: nothing to decode.
+                complete(call, CallOutcome(status: .ok, initialMetadata: call.initialMetadata, trailers: Metadata()))
+                return
+            }
+            let s = (try? CallStatus(buffer: frame.payload)) ?? {
                 var bad = CallStatus()
                 bad.code = RPCStatus.Code.internal.rawValue
                 bad.message = "server sent a malformed STATUS frame"

@@ -30,11 +30,14 @@ struct SendWindow {
         return ready
     }
 
-    /// Fails every waiting send (the call ended).
-    mutating func fail(_ error: Error) {
+    /// Fails every waiting send (the call ended). The error is made only if a send is waiting:
+    /// this runs at the end of every call, and formatting a message for nobody costs.
+    mutating func fail(_ error: @autoclosure () -> Error) {
+        guard !waiting.isEmpty else { return }
         let failed = waiting
         waiting.removeAll()
-        for w in failed { w.promise.fail(error) }
+        let e = error()
+        for w in failed { w.promise.fail(e) }
     }
 
     /// Push mode: takes credit for `frame` if it may be written now (credit left and nothing

@@ -73,6 +73,10 @@ public struct Metadata: Sendable, Hashable, Sequence, ExpressibleByDictionaryLit
 
     /// The first value for `key`.
     public subscript(key: String) -> String? {
+        // Keys are stored lower-case and usually asked for so: lower-casing only when needed
+        // saves making a string per lookup.
+        if let hit = entries.first(where: { $0.key == key }) { return hit.value }
+        guard key.utf8.contains(where: { $0 >= UInt8(ascii: "A") && $0 <= UInt8(ascii: "Z") }) else { return nil }
         let k = key.lowercased()
         return entries.first { $0.key == k }?.value
     }

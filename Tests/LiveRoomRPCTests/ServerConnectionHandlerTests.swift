@@ -114,4 +114,15 @@ final class ServerConnectionHandlerTests: XCTestCase {
         XCTAssertEqual(statuses.map(\.0), [1, 2, 3, 4, 5, 6])
         XCTAssertEqual(statuses.map(\.1), [0, 0, 0, RPCStatus.Code.unimplemented.rawValue, 0, 0])
     }
+
+    func testMetadataKeysAreCaseInsensitive() {
+        var m = Metadata()
+        m.add("Authorization", "Bearer x")
+        m.add("x-Trace", "1")
+        XCTAssertEqual(m["authorization"], "Bearer x")
+        XCTAssertEqual(m["AUTHORIZATION"], "Bearer x")
+        XCTAssertEqual(m["X-TRACE"], "1")
+        XCTAssertNil(m["trace"])
+        XCTAssertNil(m["Missing"])
+    }
 }
