@@ -34,6 +34,8 @@ public final class ViewerQueue: Sendable {
         var finished: RoomError?? = nil  // .some(nil): ended normally
         /// The consumer: told when items arrive in an empty queue, or it ends.
         var ready: (@Sendable () -> Void)?
+        /// The consumer, handed an item offered to the empty queue (see `onReady(direct:_:)`).
+        var direct: (@Sendable (ViewerItem) -> Bool)?
     }
 
     private let state = Mutex(State())
@@ -56,6 +58,7 @@ public final class ViewerQueue: Sendable {
     public func offer(_ chunk: MediaChunk, nowMs: Int64) -> Bool {
         var droppedWith: RoomError?
         var notify: (@Sendable () -> Void)?
+        var direct: (@Sendable (ViewerItem) -> Bool)?
         var dropped = 0
         defer { if dropped > 0 { droppedChunks?.increment(by: dropped) } }
         let alive = state.withLock { s -> Bool in
@@ -94,9 +97,24 @@ public final class ViewerQueue: Sendable {
                 }
                 Self.appendSkipped(&s, nowMs)
             }
-            if s.items.isEmpty { notify = s.ready }
+            if s.items.isEmpty {
+                if let d = s.direct {
+                    direct = d
+                    return true
+                }
+                notify = s.ready
+            }
             Self.append(&s, .chunk(chunk))
             return true
+        }
+        if let direct, !direct(.chunk(chunk)) {
+            // Declined: queue it after all.
+            notify = state.withLock { s in
+                guard s.finished == nil else { return nil }
+                let wasEmpty = s.items.isEmpty
+                Self.append(&s, .chunk(chunk))
+                return wasEmpty ? s.ready : nil
+            }
         }
         notify?()
         if let droppedWith { onDrop(droppedWith) }
@@ -146,13 +164,24 @@ public final class ViewerQueue: Sendable {
     }
 
     /// Stops calling the `onReady` handler (the consumer is done).
-    public func stopNotifying() { state.withLock { $0.ready = nil } }
+    public func stopNotifying() {
+        state.withLock { s in
+            s.ready = nil
+            s.direct = nil
+        }
+    }
 
     /// Calls `handler` whenever items arrive in an empty queue and when the queue ends; the
     /// consumer then drains with `poll()`. Called right away if items are already waiting.
-    public func onReady(_ handler: @escaping @Sendable () -> Void) {
+    ///
+    /// `direct`, if given, is offered a chunk that arrives in the empty queue first, on the
+    /// offering thread: it returns true if it took the chunk (sparing a queue round trip, which
+    /// fan-out pays per viewer per chunk), false to have it queued as usual. Only for a queue
+    /// that one thread feeds, as a room's lane does.
+    public func onReady(direct: (@Sendable (ViewerItem) -> Bool)? = nil, _ handler: @escaping @Sendable () -> Void) {
         let now = state.withLock { s -> Bool in
             s.ready = handler
+            s.direct = direct
             return !s.items.isEmpty || s.finished != nil
         }
         if now { handler() }

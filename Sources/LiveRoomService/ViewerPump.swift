@@ -102,7 +102,7 @@ final class ViewerPump: @unchecked Sendable {
         push.detach { [self] _ in finish(nil) }  // ended by the peer, a deadline, shutdown or an abort
         guard !done else { return }
         push.onCredit { [self] in drain() }
-        queue.onReady { [self] in schedule() }
+        queue.onReady(direct: { [self] item in take(item) }) { [self] in schedule() }
     }
 
     /// From any thread: drain on the event loop (now, if this is it), once however often it
@@ -115,52 +115,66 @@ final class ViewerPump: @unchecked Sendable {
         if !scheduled.exchange(true, ordering: .acquiringAndReleasing) { push.eventLoop.execute { self.drain() } }
     }
 
+    /// Takes an item the room offers to the empty queue, on the event loop, without queueing
+    /// it: written now, or kept until the peer grants credit. Declines off the loop, once over,
+    /// or behind a kept message (the queue then keeps it, in order).
+    private func take(_ item: ViewerItem) -> Bool {
+        guard !done, pending == nil, push.eventLoop.inEventLoop else { return false }
+        if send(item) { push.flush() }
+        return true
+    }
+
     private func drain() {
         if scheduled.load(ordering: .relaxed) { scheduled.store(false, ordering: .relaxed) }
         guard !done else { return }
         var wrote = false
         defer { if wrote { push.flush() } }
-        while true {
-            let payload: RPCPayload
-            let endsStream: Bool
-            if let p = pending {
-                payload = p
-                endsStream = pendingEndsStream
-                pending = nil
-            } else {
-                switch queue.poll() {
-                case .empty:
-                    return
-                case .finished(let error):
-                    finish(error.map { RPCStatus($0) } ?? .ok)
-                    return
-                case .item(let item):
-                    do { payload = try encoder.encode(item) } catch {
-                        finish(RPCStatus(.internal, "could not encode a media chunk: \(error)"))
-                        return
-                    }
-                    if case .event(let e) = item, e.kind == .closed { endsStream = true } else { endsStream = false }
-                }
-            }
-            // Chunks are the same message for every viewer on the lane; events are encoded afresh.
-            switch push.write(payload, shared: payload.attachment == nil ? nil : frames) {
-            case .written:
+        if let p = pending {
+            pending = nil
+            guard send(p, endsStream: pendingEndsStream) else { return }
+            wrote = true
+        }
+        while !done {
+            switch queue.poll() {
+            case .empty:
+                return
+            case .finished(let error):
+                finish(error.map { RPCStatus($0) } ?? .ok)
+                return
+            case .item(let item):
+                guard send(item) else { return }
                 wrote = true
-                if endsStream {
-                    finish(.ok)
-                    return
-                }
-            case .noCredit:
-                pending = payload
-                pendingEndsStream = endsStream
-                return
-            case .ended:
-                finish(nil)
-                return
-            case .tooLarge:
-                finish(RPCStatus(.resourceExhausted, "a media chunk exceeds the maximum frame size"))
-                return
             }
+        }
+    }
+
+    /// Encodes and writes one item; true if it was written (to be flushed).
+    private func send(_ item: ViewerItem) -> Bool {
+        let payload: RPCPayload
+        do { payload = try encoder.encode(item) } catch {
+            finish(RPCStatus(.internal, "could not encode a media chunk: \(error)"))
+            return false
+        }
+        if case .event(let e) = item, e.kind == .closed { return send(payload, endsStream: true) }
+        return send(payload, endsStream: false)
+    }
+
+    private func send(_ payload: RPCPayload, endsStream: Bool) -> Bool {
+        // Chunks are the same message for every viewer on the lane; events are encoded afresh.
+        switch push.write(payload, shared: payload.attachment == nil ? nil : frames) {
+        case .written:
+            if endsStream { finish(.ok) }
+            return true
+        case .noCredit:
+            pending = payload
+            pendingEndsStream = endsStream
+            return false
+        case .ended:
+            finish(nil)
+            return false
+        case .tooLarge:
+            finish(RPCStatus(.resourceExhausted, "a media chunk exceeds the maximum frame size"))
+            return false
         }
     }
 
