@@ -70,6 +70,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     /// Kept from `handlerAdded`: reaching it through the context costs a few reference counts
     /// per write, which fan-out pays a thousand times per chunk.
     private var allocator = ByteBufferAllocator()
+    private var unflushed = false
     private var calls: [UInt32: Call] = [:]
     private var lastCallID: UInt32 = 0
     /// The last valid HEADERS payload, decoded: most connections call the same method repeatedly.
@@ -131,6 +132,12 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
+        // Writes made while reading (credit, PONG) that nothing flushed yet.
+        if unflushed { flush() }
+    }
+
+    private func flush() {
+        unflushed = false
         context.flush()
     }
 
@@ -281,7 +288,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         guard let call = calls[id], !closed else { return }
         call.receive.grant(n)
         write(.windowUpdate(callID: id, increment: n, allocator: allocator), promise: nil)
-        context.flush()
+        flush()
     }
 
     // MARK: running handlers
@@ -336,7 +343,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         if status.code != .ok { call.context.logger.debug("ended with \(status)") }
         writeStatus(call, status, after: message)
         teardown(call, status)
-        context.flush()
+        flush()
         closeIfDrained()
     }
 
@@ -350,7 +357,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         call.context.logger.debug("aborted: \(status)")
         writeStatus(call, status)
         teardown(call, status)
-        context.flush()
+        flush()
         closeIfDrained()
     }
 
@@ -371,7 +378,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         if status.code != .ok { call.context.logger.debug("ended with \(status)") }
         writeStatus(call, status)
         teardown(call, status)
-        context.flush()
+        flush()
         closeIfDrained()
     }
 
@@ -403,7 +410,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         let promise = context.eventLoop.makePromise(of: Void.self)
         let ready = call.send.enqueue(payload.frame(callID: id), promise)
         for w in ready { write(w.frame, promise: w.promise) }
-        if !ready.isEmpty { context.flush() }
+        if !ready.isEmpty { flush() }
         return promise.futureResult
     }
 
@@ -417,6 +424,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         guard call.send.take(frame) else { return .noCredit }
         writeInitialMetadataIfNeeded(call)
         if let whole = shared?.frame(payload, callID: call.id, allocator: allocator) {
+            unflushed = true
             context.write(wrapOutboundOut(whole), promise: nil)
         } else {
             write(frame, promise: nil)
@@ -424,7 +432,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         return .written
     }
 
-    func pushFlush() { if !closed { context.flush() } }
+    func pushFlush() { if !closed { flush() } }
 
     func setCreditHandler(_ handler: (() -> Void)?, on call: Call) {
         if !call.ended { call.onCredit = handler }
@@ -451,11 +459,12 @@ final class ServerConnectionHandler: ChannelInboundHandler {
                 wrote = true
             }
         }
-        if wrote { context.flush() }
+        if wrote { flush() }
         return last
     }
 
     private func write(_ frame: Frame, promise: EventLoopPromise<Void>?) {
+        unflushed = true
         FrameEncoder.write(frame, to: context, allocator: allocator, promise: promise)
     }
 
@@ -491,6 +500,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         var both = allocator.buffer(capacity: 2 * Frame.headerLength + frame.payloadLength + statusFrame.payloadLength)
         FrameEncoder.encode(frame, into: &both)
         FrameEncoder.encode(statusFrame, into: &both)
+        unflushed = true
         context.write(wrapOutboundOut(both), promise: nil)
     }
 
@@ -522,7 +532,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         var b = allocator.buffer(capacity: 64)
         try? g.serialize(into: &b)
         write(Frame(.goAway, callID: 0, payload: b), promise: nil)
-        context.flush()
+        flush()
     }
 
     // MARK: connection lifecycle
