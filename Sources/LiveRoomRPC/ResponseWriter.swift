@@ -55,7 +55,13 @@ public struct PushWriter: Sendable {
     /// event loop send the same message, lets them share its frame.
     public func write(_ payload: RPCPayload, shared: SharedFrames? = nil) -> Result {
         let c = call.value
-        return c.connection.pushWrite(payload, on: c, shared: shared)
+        return c.connection.pushWrite(payload, on: c, shared: shared, flush: false)
+    }
+
+    /// `write` then `flush`, for one message on its own.
+    public func writeAndFlush(_ payload: RPCPayload, shared: SharedFrames? = nil) -> Result {
+        let c = call.value
+        return c.connection.pushWrite(payload, on: c, shared: shared, flush: true)
     }
 
     public func flush() { call.value.connection.pushFlush() }

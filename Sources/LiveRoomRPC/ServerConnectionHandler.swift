@@ -417,18 +417,25 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     /// Push mode: writes now if the call has credit, else leaves the message to the caller, who
     /// tries again from its credit handler. Does not flush. No promise, no queue: the caller's
     /// own bounded queue is the only buffer.
-    func pushWrite(_ payload: RPCPayload, on call: Call, shared: SharedFrames?) -> PushWriter.Result {
+    func pushWrite(_ payload: RPCPayload, on call: Call, shared: SharedFrames?, flush flushing: Bool) -> PushWriter.Result {
         guard !call.ended, !closed else { return .ended }
         guard payload.wireLength <= limits.maxFrameSize else { return .tooLarge }
         let frame = payload.frame(callID: call.id)
         guard call.send.take(frame) else { return .noCredit }
         writeInitialMetadataIfNeeded(call)
         if let whole = shared?.frame(payload, callID: call.id, allocator: allocator) {
+            if flushing {
+                // One trip down the pipeline for both.
+                unflushed = false
+                context.writeAndFlush(wrapOutboundOut(whole), promise: nil)
+                return .written
+            }
             unflushed = true
             context.write(wrapOutboundOut(whole), promise: nil)
         } else {
             write(frame, promise: nil)
         }
+        if flushing { flush() }
         return .written
     }
 

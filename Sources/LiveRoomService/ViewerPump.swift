@@ -120,7 +120,7 @@ final class ViewerPump: @unchecked Sendable {
     /// or behind a kept message (the queue then keeps it, in order).
     private func take(_ item: ViewerItem) -> Bool {
         guard !done, pending == nil, push.eventLoop.inEventLoop else { return false }
-        if send(item) { push.flush() }
+        _ = send(item, flush: true)
         return true
     }
 
@@ -148,20 +148,21 @@ final class ViewerPump: @unchecked Sendable {
         }
     }
 
-    /// Encodes and writes one item; true if it was written (to be flushed).
-    private func send(_ item: ViewerItem) -> Bool {
+    /// Encodes and writes one item; true if it was written (to be flushed, unless `flush`).
+    private func send(_ item: ViewerItem, flush: Bool = false) -> Bool {
         let payload: RPCPayload
         do { payload = try encoder.encode(item) } catch {
             finish(RPCStatus(.internal, "could not encode a media chunk: \(error)"))
             return false
         }
-        if case .event(let e) = item, e.kind == .closed { return send(payload, endsStream: true) }
-        return send(payload, endsStream: false)
+        if case .event(let e) = item, e.kind == .closed { return send(payload, endsStream: true, flush: flush) }
+        return send(payload, endsStream: false, flush: flush)
     }
 
-    private func send(_ payload: RPCPayload, endsStream: Bool) -> Bool {
+    private func send(_ payload: RPCPayload, endsStream: Bool, flush: Bool = false) -> Bool {
         // Chunks are the same message for every viewer on the lane; events are encoded afresh.
-        switch push.write(payload, shared: payload.attachment == nil ? nil : frames) {
+        let shared = payload.attachment == nil ? nil : frames
+        switch flush ? push.writeAndFlush(payload, shared: shared) : push.write(payload, shared: shared) {
         case .written:
             if endsStream { finish(.ok) }
             return true
