@@ -223,7 +223,7 @@ extension RoomActor {
     /// Adds a viewer. Its queue starts with the stream's header and the current group of
     /// pictures, so playback can start at once.
     /// `lane` feeds the viewer's queue (see `ViewerLane`).
-    public func join(viewerId: String, name: String, phone: String, lane: any ViewerLane = InlineLane(),
+    public func join(viewerId: String, name: String, phone: String, lane: any ViewerLane = InlineLane.shared,
                      onDrop: @escaping @Sendable (RoomError) -> Void = { _ in }) async throws -> (token: Int, queue: ViewerQueue) {
         guard record.status != .ended else {
             throw RoomError(.failedPrecondition, "room \(id) has ended")

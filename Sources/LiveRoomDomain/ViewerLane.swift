@@ -10,6 +10,8 @@ public protocol ViewerLane: AnyObject, Sendable {
 
 /// Feeds queues right away on the room's own thread: for callers with no thread of their own.
 public final class InlineLane: ViewerLane {
+    /// One for everyone: it has no state, and viewers on one lane share each chunk's buffer.
+    public static let shared = InlineLane()
     public init() {}
     public func run(_ work: @escaping @Sendable () -> Void) { work() }
 }
