@@ -60,7 +60,8 @@ public final class Daemon: Service, Sendable {
         var registry = ServiceRegistry()
         var services = [Health.name, RoomService.name, MediaService.name, AudienceService.name]
         RoomServiceHandlers.register(rooms, in: &registry)
-        MediaServiceHandlers.register(rooms, in: &registry)
+        MediaServiceHandlers.register(rooms, viewerMerge: configuration.viewerMergeMs > 0 ? .milliseconds(Int64(configuration.viewerMergeMs)) : nil,
+                                      in: &registry)
         AudienceServiceHandlers.register(rooms, in: &registry)
         ReportAudienceHandler.register(rooms, AudienceIngestor(store: store, clock: clock, metrics: metrics), platforms: configuration.platforms, in: &registry)
         if configuration.enableTestService {

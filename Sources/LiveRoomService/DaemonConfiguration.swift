@@ -38,6 +38,9 @@ public struct DaemonConfiguration: Sendable, Equatable {
     /// before the viewer is disconnected.
     public var viewerQueueBytes = 4 * 1024 * 1024
     public var viewerMaxSkips = 3
+    /// How long writes to a viewer of a live room may wait to go out together; 0 sends each
+    /// chunk at once. Meeting rooms always send at once.
+    public var viewerMergeMs = 50
     /// Testing only: caps the database size in pages, to simulate a full disk.
     public var storeMaxPageCount: Int?
 
@@ -129,6 +132,7 @@ public struct DaemonConfiguration: Sendable, Equatable {
             case "publisher_idle_timeout_ms": publisherIdleTimeoutMs = Int64(try int(200...3_600_000))
             case "viewer_queue_bytes": viewerQueueBytes = try int(16 * 1024...(1024 * 1024 * 1024))
             case "viewer_max_skips": viewerMaxSkips = try int(0...1000)
+            case "viewer_merge_ms": viewerMergeMs = try int(0...1000)
             case "tcp":
                 do { tcp = try Self.listener(value, offAllowed: false) } catch { throw fail("tcp: \(error)") }
             case "data_dir": dataDir = value

@@ -1,11 +1,14 @@
 import LiveRoomDomain
 import LiveRoomMessages
 import LiveRoomRPC
+import NIOCore
 
 /// `liveroom.v1.MediaService`: publishers in, viewers out.
 public enum MediaServiceHandlers {
-    public static func register(_ registry: RoomRegistry, in services: inout ServiceRegistry) {
-        let lanes = EventLoopLanes()
+    /// - Parameter viewerMerge: how long writes to a viewer of a live room may wait to go out
+    ///   together (nil: at once).
+    public static func register(_ registry: RoomRegistry, viewerMerge: TimeAmount? = nil, in services: inout ServiceRegistry) {
+        let lanes = EventLoopLanes(flushDelay: viewerMerge)
         services.clientStreaming(MediaService.streamData) { requests, context in
             try await domain { try await publish(registry, requests, context) }
         }
@@ -55,6 +58,9 @@ public enum MediaServiceHandlers {
     static func watch(_ registry: RoomRegistry, _ request: WatchRequest, _ sender: ResponseSender<WatchResponse>,
                       _ context: CallContext, _ lanes: EventLoopLanes) async throws {
         let room = try await registry.room(request.roomId)
+        // Viewers of a live room can wait a moment for their writes to be merged; a meeting is
+        // a conversation, sent at once.
+        let merge = await room.snapshot().kind == .live
         let lane = lanes.lane(for: sender.push.eventLoop)
         let (token, queue) = try await room.join(viewerId: request.viewerId, name: request.name, phone: request.phone,
                                                  lane: lane) { error in
@@ -62,7 +68,7 @@ public enum MediaServiceHandlers {
         }
         // The viewer's queue is drained from its connection's event loop; the call stays open
         // after this handler returns, with no task of its own.
-        let pump = ViewerPump(queue: queue, push: sender.push, lane: lane) {
+        let pump = ViewerPump(queue: queue, push: sender.push, lane: lane, merge: merge) {
             Task { await room.leave(token) }
         }
         do {

@@ -106,6 +106,41 @@ final class MediaTests: XCTestCase {
         try await d.stop()
     }
 
+    func testMergedWritesStillDeliverEveryChunkInOrderWhileThePublisherIsOn() async throws {
+        // Live-room viewers' writes wait up to viewer_merge_ms to go out together. The first
+        // chunk must still arrive while the publisher is connected (the merge timer flushes it,
+        // not the end of the stream), and every chunk in order.
+        let d = try await daemon("viewer_merge_ms = 300\n")
+        let client = try await d.connect(.unix)
+        let room = try await room(client)
+        var w = WatchRequest()
+        w.roomId = room.roomId
+        w.viewerId = "merged"
+        // A deadline, so that a flush that never comes fails the test instead of hanging it.
+        let viewer = try await client.serverStreaming(MediaService.watch, w, timeout: .seconds(60))
+        try await waitFor("the viewer to join") { try await self.stats(client, room).onlineNow == 1 }
+        let publisher = try await startPublishing(client, room)
+        let sent = (0..<20).map { chunk($0, size: 3000 + $0, keyframe: $0 == 0) }
+        try await send(publisher, sent[0])
+        var responses = viewer.responses.makeAsyncIterator()
+        var got: [MediaChunk] = []
+        while got.isEmpty, let m = try await responses.next() {
+            if case .chunk(let c)? = m.message { got.append(c) }
+        }
+        XCTAssertEqual(got.map(\.sequence), [0], "the first chunk arrives with the publisher still on")
+        for c in sent.dropFirst() { try await send(publisher, c) }
+        _ = try await publisher.finish()
+        while let m = try await responses.next() {
+            if case .chunk(let c)? = m.message { got.append(c) }
+            if case .event(let e)? = m.message, e.kind == .ended { break }
+        }
+        viewer.cancel()
+        XCTAssertEqual(got.map(\.sequence), sent.map(\.sequence))
+        XCTAssertEqual(got.map(\.payload), sent.map(\.payload))
+        await client.close()
+        try await d.stop()
+    }
+
     func testMidStreamJoinStartsAtTheLatestKeyframeAfterTheHeader() async throws {
         let d = try await daemon()
         let client = try await d.connect(.unix)
