@@ -112,6 +112,7 @@ final class ViewerPump: @unchecked Sendable {
     /// Flush with the lane's other viewers after its delay, rather than at once.
     private let merge: Bool
     private var awaitingFlush = false
+    private var unflushedBytes = 0
     private let onFinish: @Sendable () -> Void
     private var pending: RPCPayload?
     private var pendingEndsStream = false
@@ -152,18 +153,31 @@ final class ViewerPump: @unchecked Sendable {
     /// or behind a kept message (the queue then keeps it, in order).
     private func take(_ item: ViewerItem) -> Bool {
         guard !done, pending == nil, push.eventLoop.inEventLoop else { return false }
-        if !merge {
+        guard merge else {
             _ = send(item, flush: true)
-        } else if send(item), !awaitingFlush {
+            return true
+        }
+        guard send(item) else { return true }
+        if case .chunk(let c) = item { unflushedBytes += c.payload.readableBytes }
+        if unflushedBytes >= Self.mergeBytes {
+            // A fast stream: enough for one write already, and holding more would only eat
+            // into the viewer's flow-control window.
+            unflushedBytes = 0
+            push.flush()
+        } else if !awaitingFlush {
             awaitingFlush = true
             lane.flushLater(self)
         }
         return true
     }
 
+    /// Writes held for merging go out once this much has gathered, whatever the delay.
+    private static let mergeBytes = 64 * 1024
+
     /// The lane's flush delay is up.
     func flushNow() {
         awaitingFlush = false
+        unflushedBytes = 0
         if !done { push.flush() }
     }
 
