@@ -103,7 +103,8 @@ final class EventLoopLanes: Sendable {
 /// the room offers into an empty queue or the peer grants credit, it writes all it may and
 /// flushes once. No task per viewer (the call is detached from its handler), no hop per chunk.
 final class ViewerPump: @unchecked Sendable {
-    // Loop-confined: `pending`, `pendingEndsStream`, `done`. The rest is immutable or locked.
+    // Loop-confined: `pending`, `pendingEndsStream`, `done`, `awaitingFlush`, `unflushedBytes`.
+    // The rest is immutable or locked.
     private let queue: ViewerQueue
     private let push: PushWriter
     private let encoder: WatchEncoder
@@ -185,7 +186,12 @@ final class ViewerPump: @unchecked Sendable {
         if scheduled.load(ordering: .relaxed) { scheduled.store(false, ordering: .relaxed) }
         guard !done else { return }
         var wrote = false
-        defer { if wrote { push.flush() } }
+        defer {
+            if wrote {
+                unflushedBytes = 0
+                push.flush()
+            }
+        }
         if let p = pending {
             pending = nil
             guard send(p, endsStream: pendingEndsStream) else { return }
