@@ -8,6 +8,13 @@ import XCTest
 
 /// Metrics, health and logs of a real daemon, as an operator sees them.
 final class OperatingTests: XCTestCase {
+    func builtinRoom(_ client: RPCClient, title: String) async throws -> Room {
+        var create = CreateRoomRequest()
+        create.platformId = "self"
+        create.title = title
+        return try await client.unary(RoomService.createRoom, create).room!
+    }
+
     func scrape(_ d: DaemonProcess, path: String = "/metrics") async throws -> String {
         let request = "GET \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
         let r = try await RawConnection.connect(.tcp(host: "127.0.0.1", port: d.metricsPort)).exchange(Array(request.utf8))
@@ -26,10 +33,7 @@ final class OperatingTests: XCTestCase {
         let d = try await DaemonProcess(arguments: ["--metrics", "127.0.0.1:0"])
         XCTAssertGreaterThan(d.metricsPort, 0)
         let client = try await d.connect(.unix)
-        var create = CreateRoomRequest()
-        create.platformId = "self"
-        create.title = "metrics"
-        let room = try await client.unary(RoomService.createRoom, create).room!
+        let room = try await builtinRoom(client, title: "metrics")
         var missing = GetRoomRequest()
         missing.roomId = "rm_missing"
         do {
@@ -108,10 +112,7 @@ final class OperatingTests: XCTestCase {
     func testLogLinesNameTheCallAndRoomAndNeverASecret() async throws {
         let d = try await DaemonProcess()  // --log-level debug
         let client = try await d.connect(.unix)
-        var create = CreateRoomRequest()
-        create.platformId = "self"
-        create.title = "logs"
-        let room = try await client.unary(RoomService.createRoom, create).room!
+        let room = try await builtinRoom(client, title: "logs")
         var rotate = RotateKeyRequest()
         rotate.roomId = room.roomId
         let rotated = try await client.unary(RoomService.rotateKey, rotate).room!
