@@ -8,8 +8,9 @@ public enum Transport: String, Sendable, Hashable {
     case unix, tcp
 }
 
-/// What a handler knows about its call.
-public struct CallContext: Sendable {
+/// What a handler knows about its call. A class: it is handed to every layer a call passes
+/// through, and one reference count is cheaper than one per field.
+public final class CallContext: Sendable {
     public let callID: UInt32
     /// `/package.Service/Method`
     public let path: String
@@ -18,8 +19,25 @@ public struct CallContext: Sendable {
     public let transport: Transport
     public let peer: String
     let connectionLogger: Logger
-    let responseMetadata: ResponseMetadataBox
+    /// Metadata the handler sets for the response. A `Mutex` needs no lock object of its own.
+    private let response = Mutex(ResponseMetadata())
     let connection: NIOLoopBound<ServerConnectionHandler>?
+
+    init(callID: UInt32, path: String, metadata: Metadata, deadline: NIODeadline?, transport: Transport, peer: String,
+         connectionLogger: Logger, connection: NIOLoopBound<ServerConnectionHandler>?) {
+        self.callID = callID
+        self.path = path
+        self.metadata = metadata
+        self.deadline = deadline
+        self.transport = transport
+        self.peer = peer
+        self.connectionLogger = connectionLogger
+        self.connection = connection
+    }
+
+    func withResponseMetadata<T: Sendable>(_ body: (inout ResponseMetadata) -> T) -> T {
+        response.withLock { body(&$0) }
+    }
 
     /// Ends this call now with `status`, from any task: the peer gets the status, and the
     /// handler's task is cancelled (a pending read of requests ends, a pending send throws).
@@ -35,24 +53,24 @@ public struct CallContext: Sendable {
         var l = connectionLogger
         l[metadataKey: "call"] = "\(callID)"
         l[metadataKey: "method"] = "\(path)"
-        for (k, v) in responseMetadata.withLockedValue({ $0.log }) { l[metadataKey: k] = v }
+        for (k, v) in withResponseMetadata({ $0.log }) { l[metadataKey: k] = v }
         return l
     }
 
     /// Adds metadata to every later log line about this call, the server's own included
     /// (e.g. the room a call is about).
     public func addLogMetadata(_ key: String, _ value: String) {
-        responseMetadata.withLockedValue { $0.log[key] = .string(value) }
+        withResponseMetadata { $0.log[key] = .string(value) }
     }
 
     /// Metadata sent before the first response message (or with the status if there is none).
     public func setInitialMetadata(_ metadata: Metadata) {
-        responseMetadata.withLockedValue { $0.initial = metadata }
+        withResponseMetadata { $0.initial = metadata }
     }
 
     /// Metadata sent with the final status.
     public func setTrailers(_ metadata: Metadata) {
-        responseMetadata.withLockedValue { $0.trailers = metadata }
+        withResponseMetadata { $0.trailers = metadata }
     }
 }
 
@@ -60,15 +78,6 @@ struct ResponseMetadata: Sendable {
     var initial = Metadata()
     var trailers = Metadata()
     var log: Logger.Metadata = [:]
-}
-
-/// One per call, so made cheaply: a `Mutex` needs no lock object of its own to set up.
-final class ResponseMetadataBox: Sendable {
-    private let state = Mutex(ResponseMetadata())
-
-    func withLockedValue<T: Sendable>(_ body: (inout ResponseMetadata) -> T) -> T {
-        state.withLock { body(&$0) }
-    }
 }
 
 /// Messages arriving on a call. Consuming them returns flow-control credit to the peer.
@@ -81,6 +90,13 @@ public struct MessageStream: AsyncSequence, Sendable {
     }
 
     let source: Source
+
+    /// The request of a unary or server-streaming call, which arrives whole before the handler
+    /// starts: read without an async iterator.
+    var single: RPCPayload? {
+        if case .single(let p) = source { return p }
+        return nil
+    }
 
     public func makeAsyncIterator() -> Iterator {
         switch source {

@@ -68,11 +68,27 @@ public struct ResponseSender<Element: ProtoMessage>: Sendable {
     }
 }
 
+extension ServerCall {
+    /// The one request of a unary or server-streaming call, decoded. It arrives whole before the
+    /// handler starts, so no async (and, for a generic caller, no generic) frame is needed.
+    func request<I: ProtoMessage>(as: I.Type) throws -> I? {
+        guard let p = requests.single else { return nil }
+        return try MessageCoding.decode(p, as: I.self)
+    }
+
+    /// The same, read from a stream (a `ServerCall` made by hand).
+    func streamedRequest<I: ProtoMessage>(as: I.Type) async throws -> I {
+        var it = RequestSequence<I>(raw: requests, code: .invalidArgument).makeAsyncIterator()
+        guard let request = try await it.next() else { throw RPCStatus(.invalidArgument, "missing request message") }
+        return request
+    }
+}
+
 extension ServiceRegistry {
     public mutating func unary<I, O>(_ method: ProtoMethod<I, O>, _ handler: @escaping @Sendable (I, CallContext) async throws -> O) {
         register(method.info) { call in
-            var it = RequestSequence<I>(raw: call.requests, code: .invalidArgument).makeAsyncIterator()
-            guard let request = try await it.next() else { throw RPCStatus(.invalidArgument, "missing request message") }
+            let request: I
+            if let r = try call.request(as: I.self) { request = r } else { request = try await call.streamedRequest(as: I.self) }
             return try MessageCoding.encode(try await handler(request, call.context))
         }
     }
@@ -81,8 +97,8 @@ extension ServiceRegistry {
         _ method: ProtoMethod<I, O>, _ handler: @escaping @Sendable (I, ResponseSender<O>, CallContext) async throws -> Void
     ) {
         register(method.info) { call in
-            var it = RequestSequence<I>(raw: call.requests, code: .invalidArgument).makeAsyncIterator()
-            guard let request = try await it.next() else { throw RPCStatus(.invalidArgument, "missing request message") }
+            let request: I
+            if let r = try call.request(as: I.self) { request = r } else { request = try await call.streamedRequest(as: I.self) }
             try await handler(request, ResponseSender(writer: call.responses), call.context)
             return nil
         }

@@ -15,7 +15,9 @@ public struct ServerConfiguration: Sendable {
     public var gracePeriod: TimeAmount = .seconds(10)
     /// File mode of the Unix socket: who may connect is decided by the file's permissions.
     public var unixSocketMode: mode_t = 0o660
-    /// Called for every call before its handler; a returned status refuses the call.
+    /// Called before a call's handler; a returned status refuses the call. It must decide from
+    /// the call's method, metadata, transport and peer alone: a call whose HEADERS are identical
+    /// to an allowed one on the same connection is allowed without asking again.
     public var authenticate: (@Sendable (CallContext) -> RPCStatus?)?
     /// Where calls and their latency are counted; nil counts nothing.
     public var metrics: RPCMetrics?

@@ -75,8 +75,11 @@ public struct Metadata: Sendable, Hashable, Sequence, ExpressibleByDictionaryLit
     public subscript(key: String) -> String? {
         // Keys are stored lower-case and usually asked for so: lower-casing only when needed
         // saves making a string per lookup.
+        if entries.isEmpty { return nil }
         if let hit = entries.first(where: { $0.key == key }) { return hit.value }
-        guard key.utf8.contains(where: { $0 >= UInt8(ascii: "A") && $0 <= UInt8(ascii: "Z") }) else { return nil }
+        // Only a key with an upper-case letter can differ from its stored form (any non-ASCII
+        // byte may be part of one).
+        guard key.utf8.contains(where: { ($0 >= UInt8(ascii: "A") && $0 <= UInt8(ascii: "Z")) || $0 >= 0x80 }) else { return nil }
         let k = key.lowercased()
         return entries.first { $0.key == k }?.value
     }

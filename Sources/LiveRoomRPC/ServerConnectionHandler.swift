@@ -74,11 +74,27 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     private var calls: [UInt32: Call] = [:]
     private var lastCallID: UInt32 = 0
     /// The last valid HEADERS payload, decoded: most connections call the same method repeatedly.
-    private var lastHeader: (bytes: ByteBuffer, header: CallHeader, entry: ServiceRegistry.Entry, metadata: Metadata)?
+    private var lastHeader: KnownHeader?
     private var draining = false
     private var closed = false
     private var peer = "?"
     private var graceTimer: Scheduled<Void>?
+
+    /// A decoded HEADERS payload with its method looked up. A class: reusing one costs one
+    /// reference count, not one per field.
+    final class KnownHeader {
+        let bytes: ByteBuffer
+        let method: String
+        let timeoutMs: Int64
+        let entry: ServiceRegistry.Entry
+        let metadata: Metadata
+        /// Set once the authenticator has let these exact headers through on this connection.
+        var allowed = false
+
+        init(bytes: ByteBuffer, method: String, timeoutMs: Int64, entry: ServiceRegistry.Entry, metadata: Metadata) {
+            (self.bytes, self.method, self.timeoutMs, self.entry, self.metadata) = (bytes, method, timeoutMs, entry, metadata)
+        }
+    }
 
     init(registry: ServiceRegistry, limits: Limits, transport: Transport,
          authenticate: (@Sendable (CallContext) -> RPCStatus?)?, metrics: RPCMetrics? = nil, logger: Logger) {
@@ -175,14 +191,13 @@ final class ServerConnectionHandler: ChannelInboundHandler {
                 "too many concurrent calls on this connection (limit \(limits.maxConcurrentCalls))"))
             return
         }
-        let header: CallHeader
-        let entry: ServiceRegistry.Entry
-        let metadata: Metadata
+        let known: KnownHeader
         if let last = lastHeader, last.bytes == frame.payload {
             // The same method, metadata and timeout as the previous call (a client calling one
             // method again and again): no decoding, no lookup.
-            (header, entry, metadata) = (last.header, last.entry, last.metadata)
+            known = last
         } else {
+            let header: CallHeader
             do {
                 header = try CallHeader(buffer: frame.payload)
             } catch {
@@ -199,24 +214,28 @@ final class ServerConnectionHandler: ChannelInboundHandler {
             }
             var m = Metadata()
             for e in header.metadata { m.add(e.key, e.value) }
-            (entry, metadata) = (found, m)
             // A copy: holding a slice would pin the whole read buffer.
-            lastHeader = (ByteBuffer(buffer: frame.payload), header, entry, metadata)
+            known = KnownHeader(bytes: ByteBuffer(buffer: frame.payload), method: header.method,
+                                timeoutMs: header.timeoutMs, entry: found, metadata: m)
+            lastHeader = known
         }
-        let deadline = header.timeoutMs > 0 ? NIODeadline.now() + .milliseconds(header.timeoutMs) : nil
+        let deadline = known.timeoutMs > 0 ? NIODeadline.now() + .milliseconds(known.timeoutMs) : nil
         let ctx = CallContext(
-            callID: id, path: header.method, metadata: metadata, deadline: deadline, transport: transport,
-            peer: peer, connectionLogger: logger, responseMetadata: ResponseMetadataBox(),
-            connection: NIOLoopBound(self, eventLoop: context.eventLoop))
-        if let denied = authenticate?(ctx) {
-            refuse(id, denied, method: header.method)
-            return
+            callID: id, path: known.method, metadata: known.metadata, deadline: deadline, transport: transport,
+            peer: peer, connectionLogger: logger, connection: NIOLoopBound(self, eventLoop: context.eventLoop))
+        if !known.allowed, let authenticate {
+            if let denied = authenticate(ctx) {
+                refuse(id, denied, method: known.method)
+                return
+            }
+            known.allowed = true
         }
+        let entry = known.entry
         let call = Call(id: id, entry: entry, context: ctx, timed: metrics != nil, connection: self)
         calls[id] = call
         if let deadline {
             call.deadlineTimer = context.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) { [self] in
-                abort(id, RPCStatus(.deadlineExceeded, "deadline of \(header.timeoutMs) ms exceeded"))
+                abort(id, RPCStatus(.deadlineExceeded, "deadline of \(known.timeoutMs) ms exceeded"))
             }
         }
         if call.streamsRequests {
@@ -479,7 +498,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     private func writeInitialMetadataIfNeeded(_ call: Call) {
         guard !call.sentInitialMetadata else { return }
         call.sentInitialMetadata = true
-        let initial = call.context.responseMetadata.withLockedValue { $0.initial }
+        let initial = call.context.withResponseMetadata { $0.initial }
         guard !initial.isEmpty else { return }
         var header = ResponseHeader()
         header.metadata = initial.entries.map { e in var m = MetadataEntry(); m.key = e.key; m.value = e.value; return m }
@@ -493,7 +512,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     private func writeStatus(_ call: Call, _ status: RPCStatus, after message: RPCPayload? = nil) {
         guard !closed else { return }
         writeInitialMetadataIfNeeded(call)
-        let statusFrame = self.statusFrame(call.id, status, trailers: call.context.responseMetadata.withLockedValue { $0.trailers })
+        let statusFrame = self.statusFrame(call.id, status, trailers: call.context.withResponseMetadata { $0.trailers })
         guard let message, message.wireLength <= limits.maxFrameSize else {
             write(statusFrame, promise: nil)
             return

@@ -2,6 +2,7 @@ import LiveRoomMessages
 import Logging
 import NIOCore
 import NIOEmbedded
+import Synchronization
 import XCTest
 
 @testable import LiveRoomRPC
@@ -9,7 +10,7 @@ import XCTest
 /// The server's connection handler on an EmbeddedChannel: it decodes frames itself, so bytes may
 /// arrive in any pieces.
 final class ServerConnectionHandlerTests: XCTestCase {
-    private func makeChannel() throws -> EmbeddedChannel {
+    private func makeChannel(authenticate: (@Sendable (CallContext) -> RPCStatus?)? = nil) throws -> EmbeddedChannel {
         var registry = ServiceRegistry()
         registry.unary(TestService.unaryCall) { request, context in
             var r = SimpleResponse()
@@ -22,7 +23,7 @@ final class ServerConnectionHandlerTests: XCTestCase {
         logger.logLevel = .critical
         let handler = ServerConnectionHandler(
             registry: registry, limits: .init(maxFrameSize: 1 << 20, maxConcurrentCalls: 8, gracePeriod: .seconds(1)),
-            transport: .unix, authenticate: nil, logger: logger)
+            transport: .unix, authenticate: authenticate, logger: logger)
         return EmbeddedChannel(handler: handler)
     }
 
@@ -124,5 +125,28 @@ final class ServerConnectionHandlerTests: XCTestCase {
         XCTAssertEqual(m["X-TRACE"], "1")
         XCTAssertNil(m["trace"])
         XCTAssertNil(m["Missing"])
+        m.add("Ключ", "2")
+        XCTAssertEqual(m["КЛЮЧ"], "2", "non-ASCII upper case is folded too")
+        XCTAssertNil(Metadata()["x"])
+    }
+
+    func testTheAuthenticatorIsAskedOncePerDistinctHeadersAndItsRefusalsStand() throws {
+        let asked = Mutex(0)
+        let channel = try makeChannel { context in
+            asked.withLock { $0 += 1 }
+            return context.metadata["n"] == "3" ? nil : RPCStatus(.unauthenticated, "n must be 3")
+        }
+        var bytes = ByteBuffer(bytes: Frame.preface)
+        for (id, n) in [(1, "3"), (2, "3"), (3, "4"), (4, "4"), (5, "3")] as [(UInt32, String)] {
+            var one = try unaryCallBytes(id: id, responseSize: 1, n: n)
+            one.moveReaderIndex(forwardBy: Frame.preface.count)
+            bytes.writeBuffer(&one)
+        }
+        try channel.writeInbound(bytes)
+        let statuses = try written(channel).filter { $0.type == .status }.map { try CallStatus(buffer: $0.payload) }
+        XCTAssertEqual(statuses.map(\.code), [0, 0, RPCStatus.Code.unauthenticated.rawValue, RPCStatus.Code.unauthenticated.rawValue, 0])
+        XCTAssertEqual(statuses[2].message, "n must be 3")
+        // Call 2 repeats call 1's allowed headers; 4 repeats 3's refused ones, which are asked again.
+        XCTAssertEqual(asked.withLock { $0 }, 4)
     }
 }
