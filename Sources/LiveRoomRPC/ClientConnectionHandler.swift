@@ -162,7 +162,8 @@ final class ClientConnectionHandler: ChannelInboundHandler {
                 var both = allocator.buffer(capacity: 2 * Frame.headerLength + headers.payloadLength + frame.payloadLength)
                 FrameEncoder.encode(headers, into: &both)
                 FrameEncoder.encode(frame, into: &both)
-                context.write(wrapOutboundOut(both), promise: nil)
+                context.writeAndFlush(wrapOutboundOut(both), promise: nil)  // one trip down the pipeline
+                return id
             } else {
                 write(headers)
                 write(frame)

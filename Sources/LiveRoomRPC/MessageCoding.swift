@@ -151,14 +151,17 @@ public struct StreamingCall<Input: ProtoMessage, Output: ProtoMessage>: Sendable
 }
 
 extension RPCClient {
-    public func unary<I, O>(_ method: ProtoMethod<I, O>, _ request: I, metadata: Metadata = Metadata(), timeout: Duration? = nil) async throws -> O {
-        try await unaryWithOutcome(method, request, metadata: metadata, timeout: timeout).0
+    public func unary<I, O>(_ method: ProtoMethod<I, O>, _ request: I, metadata: Metadata = Metadata(), timeout: Duration? = nil,
+                            isolation: isolated (any Actor)? = #isolation) async throws -> O {
+        try await unaryWithOutcome(method, request, metadata: metadata, timeout: timeout, isolation: isolation).0
     }
 
     public func unaryWithOutcome<I, O>(
-        _ method: ProtoMethod<I, O>, _ request: I, metadata: Metadata = Metadata(), timeout: Duration? = nil
+        _ method: ProtoMethod<I, O>, _ request: I, metadata: Metadata = Metadata(), timeout: Duration? = nil,
+        isolation: isolated (any Actor)? = #isolation
     ) async throws -> (O, CallOutcome) {
-        let (payload, outcome) = try await unary(path: method.info.path, request: try MessageCoding.encode(request), metadata: metadata, timeout: timeout)
+        let (payload, outcome) = try await unary(path: method.info.path, request: try MessageCoding.encode(request), metadata: metadata,
+                                                 timeout: timeout, isolation: isolation)
         return (try MessageCoding.decode(payload, as: O.self, code: .internal), outcome)
     }
 

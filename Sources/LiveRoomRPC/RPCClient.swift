@@ -17,6 +17,10 @@ public final class RPCClient: Sendable {
     let connection: NIOLoopBound<ClientConnectionHandler>
     let defaultMetadata: Metadata
     public let endpoint: Endpoint
+    /// The event loop the connection runs on. Code that makes many calls in a row can run on an
+    /// actor whose executor is this loop's (`eventLoop.executor`): each call is then written and
+    /// its answer taken without a hop between executors.
+    public var eventLoop: EventLoop { channel.eventLoop }
 
     private init(channel: Channel, connection: NIOLoopBound<ClientConnectionHandler>, endpoint: Endpoint, defaultMetadata: Metadata) {
         self.channel = channel
@@ -73,12 +77,14 @@ public final class RPCClient: Sendable {
         return all
     }
 
-    /// One request, one response.
-    public func unary(path: String, request: RPCPayload, metadata: Metadata = Metadata(), timeout: Duration? = nil) async throws -> (RPCPayload, CallOutcome) {
+    /// One request, one response. Runs in the caller's isolation (`isolation`, as
+    /// `withCheckedContinuation` does): a call costs no hop to the generic executor and back.
+    public func unary(path: String, request: RPCPayload, metadata: Metadata = Metadata(), timeout: Duration? = nil,
+                      isolation: isolated (any Actor)? = #isolation) async throws -> (RPCPayload, CallOutcome) {
         let connection = self.connection
         let all = merged(metadata)
         let amount = timeout.map(Self.timeAmount)
-        let result = await withUnsafeContinuation { (continuation: UnsafeContinuation<CallOutcome, Never>) in
+        let result = await withUnsafeContinuation(isolation: isolation) { (continuation: UnsafeContinuation<CallOutcome, Never>) in
             if connection.eventLoop.inEventLoop {
                 // The task already runs on this connection's loop (NIO as the executor): no hop.
                 connection.value.openUnary(path: path, metadata: all, timeout: amount, request: request, continuation: continuation)

@@ -360,9 +360,8 @@ final class ServerConnectionHandler: ChannelInboundHandler {
             status = RPCStatus(.unknown, "\(error)")
         }
         if status.code != .ok { call.context.logger.debug("ended with \(status)") }
-        writeStatus(call, status, after: message)
         teardown(call, status)
-        flush()
+        writeStatus(call, status, after: message, flushing: true)
         closeIfDrained()
     }
 
@@ -509,25 +508,33 @@ final class ServerConnectionHandler: ChannelInboundHandler {
 
     /// Writes the status, after a last response message if there is one (a unary or client-
     /// streaming response): a small one goes in the same buffer, so a unary answer is one write.
-    private func writeStatus(_ call: Call, _ status: RPCStatus, after message: RPCPayload? = nil) {
+    /// `flushing` flushes too (with the write when it is one buffer: one trip down the pipeline).
+    private func writeStatus(_ call: Call, _ status: RPCStatus, after message: RPCPayload? = nil, flushing: Bool = false) {
         guard !closed else { return }
         writeInitialMetadataIfNeeded(call)
         let statusFrame = self.statusFrame(call.id, status, trailers: call.context.withResponseMetadata { $0.trailers })
         guard let message, message.wireLength <= limits.maxFrameSize else {
             write(statusFrame, promise: nil)
+            if flushing { flush() }
             return
         }
         let frame = message.frame(callID: call.id)
         guard message.attachment == nil, message.body.readableBytes <= FrameEncoder.copyLimit else {
             write(frame, promise: nil)
             write(statusFrame, promise: nil)
+            if flushing { flush() }
             return
         }
         var both = allocator.buffer(capacity: 2 * Frame.headerLength + frame.payloadLength + statusFrame.payloadLength)
         FrameEncoder.encode(frame, into: &both)
         FrameEncoder.encode(statusFrame, into: &both)
-        unflushed = true
-        context.write(wrapOutboundOut(both), promise: nil)
+        if flushing {
+            unflushed = false
+            context.writeAndFlush(wrapOutboundOut(both), promise: nil)
+        } else {
+            unflushed = true
+            context.write(wrapOutboundOut(both), promise: nil)
+        }
     }
 
     private func writeStatus(_ id: UInt32, _ status: RPCStatus, trailers: Metadata) {
