@@ -134,11 +134,10 @@ public struct FrameDecoder: NIOSingleStepByteToMessageDecoder {
         guard length >= 6 else {
             throw FrameError("frame length \(length) is shorter than the 6-byte frame header")
         }
-        guard buffer.readableBytes >= Frame.headerLength,
-            let rawType = buffer.getInteger(at: buffer.readerIndex + 4, as: UInt8.self),
-            let rawFlags = buffer.getInteger(at: buffer.readerIndex + 5, as: UInt8.self),
-            let callID = buffer.getInteger(at: buffer.readerIndex + 6, as: UInt32.self)
-        else { return nil }
+        guard buffer.readableBytes >= Frame.headerLength else { return nil }
+        let (rawType, rawFlags, callID) = buffer.withUnsafeReadableBytes { header in
+            (header[4], header[5], UInt32(bigEndian: header.loadUnaligned(fromByteOffset: 6, as: UInt32.self)))
+        }
         let payloadLength = Int(length) - 6
         if payloadLength > maxFrameSize {
             buffer.moveReaderIndex(forwardBy: Frame.headerLength)
@@ -168,10 +167,8 @@ public final class FrameEncoder: ChannelOutboundHandler {
 
     /// The 10-byte header, and the body length that precedes the body when there is an attachment.
     private static func writeHeader(_ frame: Frame, into buffer: inout ByteBuffer) {
-        buffer.writeInteger(UInt32(6 + frame.payloadLength))
-        buffer.writeInteger(frame.type.rawValue)
-        buffer.writeInteger(frame.flags.rawValue)
-        buffer.writeInteger(frame.callID)
+        // One bounds check and one copy for the whole header, not one per field.
+        buffer.writeMultipleIntegers(UInt32(6 + frame.payloadLength), frame.type.rawValue, frame.flags.rawValue, frame.callID)
         if frame.attachment != nil { buffer.writeInteger(UInt32(frame.payload.readableBytes)) }
     }
 

@@ -56,6 +56,9 @@ public struct RequestSequence<Element: ProtoMessage>: AsyncSequence, Sendable {
 public struct ResponseSender<Element: ProtoMessage>: Sendable {
     let writer: ResponseWriter
 
+    @usableFromInline
+    init(writer: ResponseWriter) { self.writer = writer }
+
     /// Untyped, event-loop-side writing for callback-driven streams (see `PushWriter`).
     public var push: PushWriter { writer.push }
     public func send(_ message: Element) async throws {
@@ -71,12 +74,14 @@ public struct ResponseSender<Element: ProtoMessage>: Sendable {
 extension ServerCall {
     /// The one request of a unary or server-streaming call, decoded. It arrives whole before the
     /// handler starts, so no async (and, for a generic caller, no generic) frame is needed.
+    @usableFromInline
     func request<I: ProtoMessage>(as: I.Type) throws -> I? {
         guard let p = requests.single else { return nil }
         return try MessageCoding.decode(p, as: I.self)
     }
 
     /// The same, read from a stream (a `ServerCall` made by hand).
+    @usableFromInline
     func streamedRequest<I: ProtoMessage>(as: I.Type) async throws -> I {
         var it = RequestSequence<I>(raw: requests, code: .invalidArgument).makeAsyncIterator()
         guard let request = try await it.next() else { throw RPCStatus(.invalidArgument, "missing request message") }
@@ -85,6 +90,9 @@ extension ServerCall {
 }
 
 extension ServiceRegistry {
+    // Inlinable, so that the closures are specialized for each method's message types where the
+    // method is registered: a generic closure looks up type metadata on every call.
+    @inlinable
     public mutating func unary<I, O>(_ method: ProtoMethod<I, O>, _ handler: @escaping @Sendable (I, CallContext) async throws -> O) {
         register(method.info) { call in
             let request: I
@@ -93,6 +101,7 @@ extension ServiceRegistry {
         }
     }
 
+    @inlinable
     public mutating func serverStreaming<I, O>(
         _ method: ProtoMethod<I, O>, _ handler: @escaping @Sendable (I, ResponseSender<O>, CallContext) async throws -> Void
     ) {

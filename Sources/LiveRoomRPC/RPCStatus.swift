@@ -11,7 +11,9 @@ public struct RPCStatus: Error, Sendable, Hashable, CustomStringConvertible {
         self.details = details
     }
 
-    public static let ok = RPCStatus(.ok)
+    /// Computed, not stored: a stored static is initialized lazily and checked on every use, and
+    /// every call ends with this one.
+    public static var ok: RPCStatus { RPCStatus(.ok) }
 
     public var description: String { message.isEmpty ? code.name : "\(code.name): \(message)" }
 
@@ -79,9 +81,18 @@ public struct Metadata: Sendable, Hashable, Sequence, ExpressibleByDictionaryLit
         if let hit = entries.first(where: { $0.key == key }) { return hit.value }
         // Only a key with an upper-case letter can differ from its stored form (any non-ASCII
         // byte may be part of one).
-        guard key.utf8.contains(where: { ($0 >= UInt8(ascii: "A") && $0 <= UInt8(ascii: "Z")) || $0 >= 0x80 }) else { return nil }
+        guard Self.mayFold(key) else { return nil }
         let k = key.lowercased()
         return entries.first { $0.key == k }?.value
+    }
+
+    private static func mayFold(_ key: String) -> Bool {
+        func check(_ bytes: some Sequence<UInt8>) -> Bool {
+            for b in bytes where (b >= UInt8(ascii: "A") && b <= UInt8(ascii: "Z")) || b >= 0x80 { return true }
+            return false
+        }
+        // A native string's bytes are contiguous: a plain loop over them, not index by index.
+        return key.utf8.withContiguousStorageIfAvailable { check($0) } ?? check(key.utf8)
     }
 
     public var isEmpty: Bool { entries.isEmpty }
