@@ -16,23 +16,22 @@ public final class CallContext: Sendable {
     public let path: String
     public let metadata: Metadata
     public let deadline: NIODeadline?
-    public let transport: Transport
-    public let peer: String
-    let connectionLogger: Logger
+    /// What every call on the connection shares, held by reference: made once per connection.
+    let shared: ConnectionShared
     /// Metadata the handler sets for the response. A `Mutex` needs no lock object of its own.
     private let response = Mutex(ResponseMetadata())
-    let connection: NIOLoopBound<ServerConnectionHandler>?
 
-    init(callID: UInt32, path: String, metadata: Metadata, deadline: NIODeadline?, transport: Transport, peer: String,
-         connectionLogger: Logger, connection: NIOLoopBound<ServerConnectionHandler>?) {
+    public var transport: Transport { shared.transport }
+    public var peer: String { shared.peer }
+    var connectionLogger: Logger { shared.logger }
+    var connection: NIOLoopBound<ServerConnectionHandler>? { shared.connection }
+
+    init(callID: UInt32, path: String, metadata: Metadata, deadline: NIODeadline?, shared: ConnectionShared) {
         self.callID = callID
         self.path = path
         self.metadata = metadata
         self.deadline = deadline
-        self.transport = transport
-        self.peer = peer
-        self.connectionLogger = connectionLogger
-        self.connection = connection
+        self.shared = shared
     }
 
     func withResponseMetadata<T: Sendable>(_ body: (inout ResponseMetadata) -> T) -> T {
@@ -71,6 +70,21 @@ public final class CallContext: Sendable {
     /// Metadata sent with the final status.
     public func setTrailers(_ metadata: Metadata) {
         withResponseMetadata { $0.trailers = metadata }
+    }
+}
+
+/// The part of a call's context that is the same for every call on one connection.
+final class ConnectionShared: Sendable {
+    let transport: Transport
+    let peer: String
+    let logger: Logger
+    let connection: NIOLoopBound<ServerConnectionHandler>?
+
+    init(transport: Transport, peer: String, logger: Logger, connection: NIOLoopBound<ServerConnectionHandler>?) {
+        self.transport = transport
+        self.peer = peer
+        self.logger = logger
+        self.connection = connection
     }
 }
 

@@ -51,7 +51,7 @@ final class ClientConnectionHandler: ChannelInboundHandler {
         case promise(EventLoopPromise<CallOutcome>)
         case continuation(UnsafeContinuation<CallOutcome, Never>)
 
-        func resume(_ outcome: CallOutcome) {
+        func resume(_ outcome: consuming CallOutcome) {
             switch self {
             case .promise(let p): p.succeed(outcome)
             case .continuation(let c): c.resume(returning: outcome)
@@ -313,14 +313,14 @@ final class ClientConnectionHandler: ChannelInboundHandler {
         }
     }
 
-    private func complete(_ call: Call, _ outcome: CallOutcome) {
+    /// `outcome` is consumed: it is handed on, not copied (a copy retains each of its parts).
+    private func complete(_ call: Call, _ outcome: consuming CallOutcome) {
         call.timer?.cancel()
         call.send.fail(outcome.status)
         if let responses = call.responses {
             if outcome.status.code == .ok { responses.finish() } else { responses.finish(throwing: outcome.status) }
         }
-        var outcome = outcome
-        if outcome.status.code == .ok { outcome.unaryResponse = call.unaryResponse }
+        if outcome.status.code == .ok, let response = call.unaryResponse.take() { outcome.unaryResponse = response }
         call.completion.resume(outcome)
     }
 

@@ -78,6 +78,8 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     private var draining = false
     private var closed = false
     private var peer = "?"
+    /// Handed to every call's context; set when the handler joins the channel.
+    private var shared: ConnectionShared!
     private var graceTimer: Scheduled<Void>?
 
     /// A decoded HEADERS payload with its method looked up. A class: reusing one costs one
@@ -112,6 +114,12 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         allocator = context.channel.allocator
         peer = context.channel.remoteAddress.map { "\($0)" } ?? transport.rawValue
         logger[metadataKey: "peer"] = "\(peer)"
+        shared = ConnectionShared(transport: transport, peer: peer, logger: logger,
+                                  connection: NIOLoopBound(self, eventLoop: context.eventLoop))
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        shared = nil  // it holds this handler: the cycle ends with the connection
     }
 
     // MARK: inbound frames
@@ -220,9 +228,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
             lastHeader = known
         }
         let deadline = known.timeoutMs > 0 ? NIODeadline.now() + .milliseconds(known.timeoutMs) : nil
-        let ctx = CallContext(
-            callID: id, path: known.method, metadata: known.metadata, deadline: deadline, transport: transport,
-            peer: peer, connectionLogger: logger, connection: NIOLoopBound(self, eventLoop: context.eventLoop))
+        let ctx = CallContext(callID: id, path: known.method, metadata: known.metadata, deadline: deadline, shared: shared)
         if !known.allowed, let authenticate {
             if let denied = authenticate(ctx) {
                 refuse(id, denied, method: known.method)

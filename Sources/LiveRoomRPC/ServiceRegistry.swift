@@ -13,9 +13,16 @@ public typealias RawHandler = @Sendable (ServerCall) async throws -> RPCPayload?
 
 /// The methods a server serves, by wire path.
 public struct ServiceRegistry: Sendable {
-    struct Entry: Sendable {
+    /// A class: every call holds its method's entry, and one reference count is cheaper than
+    /// copying the method's names and handler.
+    final class Entry: Sendable {
         let info: MethodInfo
         let handler: RawHandler
+
+        init(info: MethodInfo, handler: @escaping RawHandler) {
+            self.info = info
+            self.handler = handler
+        }
     }
 
     private(set) var entries: [String: Entry] = [:]

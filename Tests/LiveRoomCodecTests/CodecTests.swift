@@ -52,6 +52,34 @@ final class CodecTests: XCTestCase {
         for type in AllMessages.types { try roundTrip(type) }
     }
 
+    /// The C structs of one decode or encode live in 1 KiB of stack scratch; bigger messages spill
+    /// to the heap, and both halves must come back whole.
+    func testMessagesLargerThanTheScratchMemoryRoundTrip() throws {
+        var list = ListRoomsResponse()
+        for i in 0..<300 {
+            var room = Room()
+            room.roomId = "room-\(i)"
+            room.title = String(repeating: "直播", count: i % 50)
+            room.streamKey = "key-\(i)"
+            list.rooms.append(room)
+        }
+        list.nextPageToken = "next"
+        var bytes = ByteBuffer()
+        try list.serialize(into: &bytes)
+        XCTAssertGreaterThan(bytes.readableBytes, 8 * 1024)
+        XCTAssertEqual(try ListRoomsResponse(buffer: bytes), list)
+
+        var big = SimpleRequest()
+        big.payload = ByteBuffer(bytes: (0..<5000).map { UInt8(truncatingIfNeeded: $0 * 7) })
+        var small = SimpleRequest()
+        small.payload = ByteBuffer(bytes: [1, 2, 3])
+        for m in [big, small, big] {
+            var b = ByteBuffer()
+            try m.serialize(into: &b)
+            XCTAssertEqual(try SimpleRequest(buffer: b), m)
+        }
+    }
+
     func testAllTypesEdgeValues() throws {
         var m = AllTypes()
         m.i32 = .min
