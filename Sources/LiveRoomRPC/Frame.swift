@@ -92,10 +92,7 @@ public struct FrameDecoder: NIOSingleStepByteToMessageDecoder {
     }
 
     public mutating func decode(buffer: inout ByteBuffer) throws -> FrameEvent? {
-        while let step = try next(&buffer) {
-            if let event = step { return event }
-        }
-        return nil
+        try next(&buffer)
     }
 
     public mutating func decodeLast(buffer: inout ByteBuffer, seenEOF: Bool) throws -> FrameEvent? {
@@ -105,14 +102,14 @@ public struct FrameDecoder: NIOSingleStepByteToMessageDecoder {
     /// Decodes every complete frame in `bytes` (for fuzzing and tools; channels use the handler).
     public mutating func decodeAll(_ bytes: inout ByteBuffer) throws -> [FrameEvent] {
         var events: [FrameEvent] = []
-        while let event = try next(&bytes) {
-            if let event { events.append(event) }
-        }
+        while let event = try next(&bytes) { events.append(event) }
         return events
     }
 
-    /// nil: need more bytes; .some(nil): progress without an event.
-    mutating func next(_ buffer: inout ByteBuffer) throws -> FrameEvent?? {
+    /// The next event, or nil when more bytes are needed. The preface and the payload of an
+    /// oversized frame are consumed on the way, without an event. (A single optional: a nested
+    /// one is copied through the runtime's generic enum code, which showed in profiles.)
+    mutating func next(_ buffer: inout ByteBuffer) throws -> FrameEvent? {
         if awaitingPreface {
             let have = min(buffer.readableBytes, Frame.preface.count)
             guard buffer.readableBytesView.prefix(have).elementsEqual(Frame.preface.prefix(have)) else {
@@ -121,14 +118,12 @@ public struct FrameDecoder: NIOSingleStepByteToMessageDecoder {
             guard have == Frame.preface.count else { return nil }
             buffer.moveReaderIndex(forwardBy: have)
             awaitingPreface = false
-            return .some(nil)
         }
         if skipping > 0 {
             let n = min(skipping, buffer.readableBytes)
-            guard n > 0 else { return nil }
             buffer.moveReaderIndex(forwardBy: n)
             skipping -= n
-            return .some(nil)
+            guard skipping == 0 else { return nil }
         }
         guard let length = buffer.getInteger(at: buffer.readerIndex, as: UInt32.self) else { return nil }
         guard length >= 6 else {
@@ -142,12 +137,12 @@ public struct FrameDecoder: NIOSingleStepByteToMessageDecoder {
         if payloadLength > maxFrameSize {
             buffer.moveReaderIndex(forwardBy: Frame.headerLength)
             skipping = payloadLength
-            return .some(.oversized(type: FrameType(rawValue: rawType), callID: callID, length: payloadLength))
+            return .oversized(type: FrameType(rawValue: rawType), callID: callID, length: payloadLength)
         }
         guard buffer.readableBytes >= Frame.headerLength + payloadLength else { return nil }
         buffer.moveReaderIndex(forwardBy: Frame.headerLength)
         let payload = buffer.readSlice(length: payloadLength)!
-        return .some(.frame(Frame(FrameType(rawValue: rawType), flags: FrameFlags(rawValue: rawFlags), callID: callID, payload: payload)))
+        return .frame(Frame(FrameType(rawValue: rawType), flags: FrameFlags(rawValue: rawFlags), callID: callID, payload: payload))
     }
 }
 

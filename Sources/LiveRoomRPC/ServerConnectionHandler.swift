@@ -247,7 +247,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         if call.streamsRequests {
             let (stream, continuation) = AsyncThrowingStream<RPCPayload, Error>.makeStream()
             call.continuation = continuation
-            let loop = NIOLoopBound(self, eventLoop: context.eventLoop)
+            let loop = shared.connection!
             start(call, MessageStream(source: .stream(stream, { n in
                 loop.eventLoop.execute { loop.value.returnCredit(n, on: id) }
             })))
@@ -319,7 +319,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     // MARK: running handlers
 
     private func start(_ call: Call, _ requests: MessageStream) {
-        let loop = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let loop = shared.connection!  // made once per connection
         let serverCall = ServerCall(context: call.context, requests: requests,
                                     responses: ResponseWriter(callID: call.id, connection: loop,
                                                               call: NIOLoopBound(call, eventLoop: context.eventLoop)))

@@ -9,8 +9,7 @@ public enum InteropService {
         registry.unary(TestService.emptyCall) { _, _ in Empty() }
 
         registry.unary(TestService.unaryCall) { request, context in
-            context.setInitialMetadata(echoed(context.metadata, "x-grpc-test-echo-initial"))
-            context.setTrailers(echoed(context.metadata, "x-grpc-test-echo-trailing-bin"))
+            echoMetadata(context)
             if request.sleepMs > 0 { try await Task.sleep(for: .milliseconds(request.sleepMs)) }
             try check(request.responseStatus)
             var r = SimpleResponse()
@@ -37,8 +36,7 @@ public enum InteropService {
         }
 
         registry.bidirectional(TestService.fullDuplexCall) { requests, sender, context in
-            context.setInitialMetadata(echoed(context.metadata, "x-grpc-test-echo-initial"))
-            context.setTrailers(echoed(context.metadata, "x-grpc-test-echo-trailing-bin"))
+            echoMetadata(context)
             for try await request in requests {
                 try check(request.responseStatus)
                 for p in request.responseParameters {
@@ -56,12 +54,18 @@ public enum InteropService {
         throw RPCStatus(RPCStatus.Code(rawValue: status.code), status.message)
     }
 
-    private static func echoed(_ metadata: Metadata, _ key: String) -> Metadata {
-        guard let v = metadata[key] else { return Metadata() }
-        return [key: v]
+    /// Echoes the interop cases' metadata keys, the initial one before the first response and
+    /// the trailing one with the status; a call without them sets nothing.
+    private static func echoMetadata(_ context: CallContext) {
+        if let v = context.metadata["x-grpc-test-echo-initial"] { context.setInitialMetadata(["x-grpc-test-echo-initial": v]) }
+        if let v = context.metadata["x-grpc-test-echo-trailing-bin"] { context.setTrailers(["x-grpc-test-echo-trailing-bin": v]) }
     }
 
+    /// Zeros are read-only: payloads up to 64 KiB are slices of one shared block, not new buffers.
+    private static let zeroBlock = ByteBuffer(repeating: 0, count: 64 * 1024)
+
     private static func zeros(_ n: Int) -> ByteBuffer {
-        ByteBuffer(repeating: 0, count: max(0, n))
+        guard n > 0 else { return ByteBuffer() }
+        return zeroBlock.getSlice(at: 0, length: n) ?? ByteBuffer(repeating: 0, count: n)
     }
 }
