@@ -59,7 +59,10 @@ final class ClientConnectionHandler: ChannelInboundHandler {
         }
     }
 
-    private var context: ChannelHandlerContext!
+    /// Held from `handlerAdded` to `handlerRemoved` only: a context holds its handler, so keeping
+    /// it longer would keep every closed connection alive.
+    private var context: ChannelHandlerContext?
+    private var eventLoop: EventLoop!
     private var allocator = ByteBufferAllocator()
     private var decoder: NIOSingleStepByteToMessageProcessor<FrameDecoder>
     private var calls: [UInt32: Call] = [:]
@@ -77,10 +80,20 @@ final class ClientConnectionHandler: ChannelInboundHandler {
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        eventLoop = context.eventLoop
         allocator = context.channel.allocator
     }
 
+    func handlerRemoved(context: ChannelHandlerContext) {
+        fail(all: RPCStatus(.unavailable, "the connection to the server closed"))
+        self.context = nil
+    }
+
     private func write(_ frame: Frame, promise: EventLoopPromise<Void>? = nil) {
+        guard let context else {
+            promise?.fail(goAway ?? RPCStatus(.unavailable, "the connection to the server closed"))
+            return
+        }
         FrameEncoder.write(frame, to: context, allocator: allocator, promise: promise)
     }
 
@@ -130,7 +143,7 @@ final class ClientConnectionHandler: ChannelInboundHandler {
         calls[id] = call
         let timeoutMs = timeout.map { max(1, $0.nanoseconds / 1_000_000) } ?? 0
         if let timeout {
-            call.timer = context.eventLoop.assumeIsolated().scheduleTask(in: timeout) { [self] in
+            call.timer = eventLoop.assumeIsolated().scheduleTask(in: timeout) { [self] in
                 self.cancel(id, RPCStatus(.deadlineExceeded, "deadline of \(timeoutMs) ms exceeded"))
             }
         }
@@ -162,7 +175,7 @@ final class ClientConnectionHandler: ChannelInboundHandler {
                 var both = allocator.buffer(capacity: 2 * Frame.headerLength + headers.payloadLength + frame.payloadLength)
                 FrameEncoder.encode(headers, into: &both)
                 FrameEncoder.encode(frame, into: &both)
-                context.writeAndFlush(wrapOutboundOut(both), promise: nil)  // one trip down the pipeline
+                context?.writeAndFlush(wrapOutboundOut(both), promise: nil)  // one trip down the pipeline
                 return id
             } else {
                 write(headers)
@@ -171,27 +184,27 @@ final class ClientConnectionHandler: ChannelInboundHandler {
         } else {
             write(headers)
         }
-        context.flush()
+        context?.flush()
         return id
     }
 
 
     func send(_ payload: RPCPayload, on id: UInt32, end: Bool) -> EventLoopFuture<Void> {
         guard let call = calls[id] else {
-            return context.eventLoop.makeFailedFuture(RPCStatus(.cancelled, "the call has ended"))
+            return eventLoop.makeFailedFuture(RPCStatus(.cancelled, "the call has ended"))
         }
         guard !call.halfClosed else {
-            return context.eventLoop.makeFailedFuture(RPCStatus(.failedPrecondition, "the call is half-closed: no more messages may be sent"))
+            return eventLoop.makeFailedFuture(RPCStatus(.failedPrecondition, "the call is half-closed: no more messages may be sent"))
         }
         guard payload.wireLength <= maxFrameSize else {
-            return context.eventLoop.makeFailedFuture(RPCStatus(.resourceExhausted,
+            return eventLoop.makeFailedFuture(RPCStatus(.resourceExhausted,
                 "request message of \(payload.wireLength) bytes exceeds the maximum frame size of \(maxFrameSize) bytes"))
         }
         if end { call.halfClosed = true }
-        let promise = context.eventLoop.makePromise(of: Void.self)
+        let promise = eventLoop.makePromise(of: Void.self)
         let ready = call.send.enqueue(payload.frame(callID: id, end: end), promise)
         for w in ready { write(w.frame, promise: w.promise) }
-        if !ready.isEmpty { context.flush() }
+        if !ready.isEmpty { context?.flush() }
         return promise.futureResult
     }
 
@@ -199,16 +212,16 @@ final class ClientConnectionHandler: ChannelInboundHandler {
         guard let call = calls[id], !call.halfClosed else { return }
         call.halfClosed = true
         // END must follow messages still waiting for credit: queue it behind them.
-        let ready = call.send.enqueue(Frame(.end, callID: id), context.eventLoop.makePromise())
+        let ready = call.send.enqueue(Frame(.end, callID: id), eventLoop.makePromise())
         for w in ready { write(w.frame, promise: w.promise) }
-        context.flush()
+        context?.flush()
     }
 
     /// Cancels from the client side: CANCEL to the server, the call fails locally with `status`.
     func cancel(_ id: UInt32, _ status: RPCStatus) {
         guard let call = calls.removeValue(forKey: id) else { return }
         write(Frame(.cancel, callID: id))
-        context.flush()
+        context?.flush()
         complete(call, CallOutcome(status: status, initialMetadata: call.initialMetadata, trailers: Metadata()))
     }
 
@@ -216,17 +229,21 @@ final class ClientConnectionHandler: ChannelInboundHandler {
         guard let call = calls[id] else { return }
         call.receive.grant(n)
         write(.windowUpdate(callID: id, increment: n, allocator: allocator))
-        context.flush()
+        context?.flush()
     }
 
     func ping(_ promise: EventLoopPromise<Void>) {
+        if let goAway {
+            promise.fail(goAway)
+            return
+        }
         let n = nextPing
         nextPing += 1
         pings[n] = promise
         var b = allocator.buffer(capacity: 8)
         b.writeInteger(n)
         write(Frame(.ping, callID: 0, payload: b))
-        context.flush()
+        context?.flush()
     }
 
     // MARK: inbound
@@ -245,7 +262,7 @@ final class ClientConnectionHandler: ChannelInboundHandler {
             if case .oversized(let type, let id, let length) = event {
                 let status = RPCStatus(.resourceExhausted,
                     "server sent a \(type) frame of \(length) bytes, over this client's maximum of \(maxFrameSize)")
-                if calls[id] != nil { cancel(id, status) } else { fail(all: status); context.close(promise: nil) }
+                if calls[id] != nil { cancel(id, status) } else { fail(all: status); context?.close(promise: nil) }
             }
             return
         }
@@ -292,10 +309,10 @@ final class ClientConnectionHandler: ChannelInboundHandler {
             var p = frame.payload
             guard let n = p.readInteger(as: UInt32.self), let call = calls[frame.callID] else { return }
             for w in call.send.grant(Int(n)) { write(w.frame, promise: w.promise) }
-            context.flush()
+            context?.flush()
         case .ping:
             write(Frame(.pong, callID: 0, payload: frame.payload))
-            context.flush()
+            context?.flush()
         case .pong:
             var p = frame.payload
             if let n = p.readInteger(as: UInt64.self), let promise = pings.removeValue(forKey: n) { promise.succeed() }

@@ -66,7 +66,10 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     private let authenticate: (@Sendable (CallContext) -> RPCStatus?)?
     private let metrics: RPCMetrics?
     private var logger: Logger
-    private var context: ChannelHandlerContext!
+    /// Held from `handlerAdded` to `handlerRemoved` only: a context holds its handler, so keeping
+    /// it longer would keep every closed connection alive.
+    private var context: ChannelHandlerContext?
+    private var eventLoop: EventLoop!
     /// Kept from `handlerAdded`: reaching it through the context costs a few reference counts
     /// per write, which fan-out pays a thousand times per chunk.
     private var allocator = ByteBufferAllocator()
@@ -111,6 +114,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        eventLoop = context.eventLoop
         allocator = context.channel.allocator
         peer = context.channel.remoteAddress.map { "\($0)" } ?? transport.rawValue
         logger[metadataKey: "peer"] = "\(peer)"
@@ -119,7 +123,10 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
-        shared = nil  // it holds this handler: the cycle ends with the connection
+        // Both refer back to this handler: the cycles end with the connection.
+        closed = true
+        shared = nil
+        self.context = nil
     }
 
     // MARK: inbound frames
@@ -162,7 +169,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
 
     private func flush() {
         unflushed = false
-        context.flush()
+        context?.flush()
     }
 
     private func handle(_ frame: Frame) {
@@ -240,7 +247,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         let call = Call(id: id, entry: entry, context: ctx, timed: metrics != nil, connection: self)
         calls[id] = call
         if let deadline {
-            call.deadlineTimer = context.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) { [self] in
+            call.deadlineTimer = eventLoop.assumeIsolated().scheduleTask(deadline: deadline) { [self] in
                 abort(id, RPCStatus(.deadlineExceeded, "deadline of \(known.timeoutMs) ms exceeded"))
             }
         }
@@ -322,7 +329,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         let loop = shared.connection!  // made once per connection
         let serverCall = ServerCall(context: call.context, requests: requests,
                                     responses: ResponseWriter(callID: call.id, connection: loop,
-                                                              call: NIOLoopBound(call, eventLoop: context.eventLoop)))
+                                                              call: NIOLoopBound(call, eventLoop: eventLoop)))
         let handler = call.entry.handler
         let id = call.id
         // Runs the handler here, on the event loop, until its first suspension: a unary handler
@@ -424,14 +431,14 @@ final class ServerConnectionHandler: ChannelInboundHandler {
 
     func send(_ payload: RPCPayload, on id: UInt32) -> EventLoopFuture<Void> {
         guard let call = calls[id], !closed else {
-            return context.eventLoop.makeFailedFuture(RPCStatus(.cancelled, "the call has ended"))
+            return eventLoop.makeFailedFuture(RPCStatus(.cancelled, "the call has ended"))
         }
         guard payload.wireLength <= limits.maxFrameSize else {
-            return context.eventLoop.makeFailedFuture(RPCStatus(.resourceExhausted,
+            return eventLoop.makeFailedFuture(RPCStatus(.resourceExhausted,
                 "response message of \(payload.wireLength) bytes exceeds the maximum frame size of \(limits.maxFrameSize) bytes"))
         }
         writeInitialMetadataIfNeeded(call)
-        let promise = context.eventLoop.makePromise(of: Void.self)
+        let promise = eventLoop.makePromise(of: Void.self)
         let ready = call.send.enqueue(payload.frame(callID: id), promise)
         for w in ready { write(w.frame, promise: w.promise) }
         if !ready.isEmpty { flush() }
@@ -451,11 +458,11 @@ final class ServerConnectionHandler: ChannelInboundHandler {
             if flushing {
                 // One trip down the pipeline for both.
                 unflushed = false
-                context.writeAndFlush(wrapOutboundOut(whole), promise: nil)
+                context?.writeAndFlush(wrapOutboundOut(whole), promise: nil)
                 return .written
             }
             unflushed = true
-            context.write(wrapOutboundOut(whole), promise: nil)
+            context?.write(wrapOutboundOut(whole), promise: nil)
         } else {
             write(frame, promise: nil)
         }
@@ -473,17 +480,17 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     /// the last one has been written.
     func send(contentsOf payloads: [RPCPayload], on id: UInt32) -> EventLoopFuture<Void> {
         guard let call = calls[id], !closed else {
-            return context.eventLoop.makeFailedFuture(RPCStatus(.cancelled, "the call has ended"))
+            return eventLoop.makeFailedFuture(RPCStatus(.cancelled, "the call has ended"))
         }
         if let big = payloads.first(where: { $0.wireLength > limits.maxFrameSize }) {
-            return context.eventLoop.makeFailedFuture(RPCStatus(.resourceExhausted,
+            return eventLoop.makeFailedFuture(RPCStatus(.resourceExhausted,
                 "response message of \(big.wireLength) bytes exceeds the maximum frame size of \(limits.maxFrameSize) bytes"))
         }
         writeInitialMetadataIfNeeded(call)
-        var last: EventLoopFuture<Void> = context.eventLoop.makeSucceededVoidFuture()
+        var last: EventLoopFuture<Void> = eventLoop.makeSucceededVoidFuture()
         var wrote = false
         for payload in payloads {
-            let promise = context.eventLoop.makePromise(of: Void.self)
+            let promise = eventLoop.makePromise(of: Void.self)
             last = promise.futureResult
             for w in call.send.enqueue(payload.frame(callID: id), promise) {
                 write(w.frame, promise: w.promise)
@@ -495,6 +502,10 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     }
 
     private func write(_ frame: Frame, promise: EventLoopPromise<Void>?) {
+        guard let context else {
+            promise?.fail(RPCStatus(.unavailable, "the connection has closed"))
+            return
+        }
         unflushed = true
         FrameEncoder.write(frame, to: context, allocator: allocator, promise: promise)
     }
@@ -536,10 +547,10 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         FrameEncoder.encode(statusFrame, into: &both)
         if flushing {
             unflushed = false
-            context.writeAndFlush(wrapOutboundOut(both), promise: nil)
+            context?.writeAndFlush(wrapOutboundOut(both), promise: nil)
         } else {
             unflushed = true
-            context.write(wrapOutboundOut(both), promise: nil)
+            context?.write(wrapOutboundOut(both), promise: nil)
         }
     }
 
@@ -581,7 +592,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         logger.info("closing connection: \(error)")
         writeGoAway(code: .invalidArgument, "protocol error: \(error)")
         shutdown(RPCStatus(.unavailable, "connection closed after a protocol error: \(error)"))
-        context.close(promise: nil)
+        context?.close(promise: nil)
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
@@ -612,11 +623,11 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         guard !draining else { return }
         draining = true
         writeGoAway(code: .ok, "server is shutting down")
-        graceTimer = context.eventLoop.assumeIsolated().scheduleTask(in: limits.gracePeriod) { [self] in
+        graceTimer = eventLoop.assumeIsolated().scheduleTask(in: limits.gracePeriod) { [self] in
             for id in Array(calls.keys) {
                 abort(id, RPCStatus(.unavailable, "server shut down before the call finished"))
             }
-            self.context.close(promise: nil)
+            self.context?.close(promise: nil)
         }
         closeIfDrained()
     }
@@ -625,7 +636,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         if draining && calls.isEmpty && !closed {
             closed = true
             graceTimer?.cancel()
-            context.close(promise: nil)
+            context?.close(promise: nil)
         }
     }
 }

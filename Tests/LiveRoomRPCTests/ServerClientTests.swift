@@ -240,6 +240,60 @@ final class ServerClientTests: XCTestCase {
         }
     }
 
+    /// Calls made from an actor that runs on the connection's own event loop: the answer arrives
+    /// on that loop and resumes the caller there, with no hop and no deadlock.
+    actor OnConnectionLoop {
+        let client: RPCClient
+        init(client: RPCClient) { self.client = client }
+        nonisolated var unownedExecutor: UnownedSerialExecutor { client.eventLoop.executor.asUnownedSerialExecutor() }
+
+        func sizes(_ n: Int) async throws -> [Int] {
+            var out: [Int] = []
+            for i in 0..<n {
+                var request = SimpleRequest()
+                request.responseSize = Int32(i)
+                XCTAssertTrue(client.eventLoop.inEventLoop)
+                out.append(try await client.unary(TestService.unaryCall, request).payload.readableBytes)
+            }
+            return out
+        }
+    }
+
+    func testUnaryCallsFromAnActorOnTheConnectionsEventLoop() async throws {
+        try await withServer({ registry in
+            registry.unary(TestService.unaryCall) { request, _ in
+                var r = SimpleResponse()
+                r.payload = ByteBuffer(repeating: 1, count: Int(request.responseSize))
+                return r
+            }
+        }) { client in
+            let sizes = try await OnConnectionLoop(client: client).sizes(200)
+            XCTAssertEqual(sizes, Array(0..<200))
+        }
+    }
+
+    /// A closed connection's handler must not outlive it (its context refers back to it), and a
+    /// call made on a closed client fails at once with UNAVAILABLE instead of waiting.
+    func testAClosedClientFailsCallsAndItsHandlerIsReleased() async throws {
+        final class WeakHandler: @unchecked Sendable { weak var value: ClientConnectionHandler? }
+        let weak = WeakHandler()
+        try await withServer({ _ in }) { first in
+            let client = try await RPCClient.connect(to: first.endpoint)
+            try await client.eventLoop.submit { weak.value = client.connection.value }.get()
+            _ = try await client.ping()
+            await client.close()
+            do {
+                _ = try await client.ping()
+                XCTFail("a ping on a closed client succeeded")
+            } catch let status as RPCStatus {
+                XCTAssertEqual(status.code, .unavailable)
+            }
+            XCTAssertNotNil(weak.value)
+        }
+        // The client is gone: so is its handler.
+        XCTAssertNil(weak.value, "the client's connection handler outlived its connection")
+    }
+
     func testPing() async throws {
         try await withServer({ _ in }) { client in
             let rtt = try await client.ping()

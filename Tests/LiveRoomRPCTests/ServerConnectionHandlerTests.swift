@@ -116,6 +116,21 @@ final class ServerConnectionHandlerTests: XCTestCase {
         XCTAssertEqual(statuses.map(\.1), [0, 0, 0, RPCStatus.Code.unimplemented.rawValue, 0, 0])
     }
 
+    /// Every call's context reaches the connection through one shared object that refers back to
+    /// the handler; the cycle must end with the connection, or each connection would leak.
+    func testAClosedConnectionsHandlerIsReleased() throws {
+        weak var released: ServerConnectionHandler?
+        try {
+            let channel = try makeChannel()
+            released = try channel.pipeline.syncOperations.handler(type: ServerConnectionHandler.self)
+            try channel.writeInbound(try unaryCallBytes(id: 1, responseSize: 3))
+            XCTAssertEqual(try written(channel).filter { $0.type == .status }.count, 1)
+            XCTAssertNotNil(released)
+            _ = try channel.finish()
+        }()
+        XCTAssertNil(released, "the handler outlived its closed connection")
+    }
+
     func testMetadataKeysAreCaseInsensitive() {
         var m = Metadata()
         m.add("Authorization", "Bearer x")
