@@ -34,7 +34,10 @@ struct FanoutBench: AsyncParsableCommand {
         let measuring = NIOLockedValueBox(false)
         let delivered = NIOLockedValueBox(0)
         let latencies = NIOLockedValueBox<[Double]>([])
-        let behind = NIOLockedValueBox(0)
+        // Viewers the daemon skipped ahead to a keyframe at least once, and viewers it ended for
+        // falling behind again and again.
+        let skipped = NIOLockedValueBox(0)
+        let dropped = NIOLockedValueBox(0)
         let closing = NIOLockedValueBox(false)
         var tasks: [Task<Void, Never>] = []
         for (i, c) in clients.enumerated() {
@@ -45,6 +48,7 @@ struct FanoutBench: AsyncParsableCommand {
             tasks.append(Task {
                 var mine: [Double] = []
                 var bytes = 0
+                var wasSkipped = false
                 do {
                     for try await m in call.responses {
                         if case .chunk(let chunk)? = m.message {
@@ -56,13 +60,14 @@ struct FanoutBench: AsyncParsableCommand {
                                     mine.append(Double(d.seconds) * 1e6 + Double(d.attoseconds) / 1e12)
                                 }
                             }
-                        } else if case .event(let e)? = m.message, e.kind == .skipped {
-                            behind.withLockedValue { $0 += 1 }
+                        } else if case .event(let e)? = m.message, e.kind == .skipped, !wasSkipped {
+                            wasSkipped = true
+                            skipped.withLockedValue { $0 += 1 }
                         }
                     }
                 } catch {
                     // Ended by the daemon (too slow); the bench closing its connections is not.
-                    if !closing.withLockedValue({ $0 }) { behind.withLockedValue { $0 += 1 } }
+                    if !closing.withLockedValue({ $0 }) { dropped.withLockedValue { $0 += 1 } }
                 }
                 delivered.withLockedValue { $0 += bytes }
                 latencies.withLockedValue { $0 += mine }
@@ -150,7 +155,7 @@ struct FanoutBench: AsyncParsableCommand {
             "deliveredMBps": Double(bytes) / 1e6 / secs,
             "cpuSecondsPerGB": gb > 0 ? cpu / gb : 0, "daemonCPUPercent": cpu / secs * 100,
             "rssPerViewerKB": viewers > 0 ? Double(rssWithViewers - rssBefore) / Double(viewers) : 0,
-            "p50Micros": pct(0.5), "p99Micros": pct(0.99), "viewersBehind": behind.withLockedValue { $0 }, "chunksPublished": Int(seq),
+            "p50Micros": pct(0.5), "p99Micros": pct(0.99), "viewersSkipped": skipped.withLockedValue { $0 }, "viewersDropped": dropped.withLockedValue { $0 }, "chunksPublished": Int(seq),
             "source": rtmpPort == nil ? "streamdata" : "rtmp",
         ]
         let data = try JSONSerialization.data(withJSONObject: result, options: [.sortedKeys])
