@@ -13,11 +13,14 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.80.0"),
     ],
     targets: [
+        .target(name: "EchoLoad"),
         .executableTarget(name: "grpc-echo", dependencies: [
+            "EchoLoad",
             .product(name: "GRPCCore", package: "grpc-swift-2"),
             .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
         ]),
         .executableTarget(name: "nio-echo", dependencies: [
+            "EchoLoad",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
         ]),

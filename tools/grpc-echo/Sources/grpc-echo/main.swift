@@ -1,5 +1,6 @@
 // grpc-echo serve unix:PATH|tcp:PORT        echo server for raw bytes
 // grpc-echo bench unix:PATH|tcp:PORT INFLIGHT SECONDS   prints {"callsPerSecond":..,"p50Micros":..,"p99Micros":..}
+import EchoLoad
 import Foundation
 import GRPCCore
 import GRPCNIOTransportHTTP2
@@ -46,33 +47,10 @@ case "bench":
     let seconds = Double(args[4])!
     try await withGRPCClient(transport: .http2NIOPosix(target: clientTarget(args[2]), transportSecurity: .plaintext)) { client in
         let payload = [UInt8](repeating: 7, count: 64)
-        let warmup = seconds / 5
-        let start = ContinuousClock.now
-        let measureFrom = start + .milliseconds(Int64(warmup * 1000))
-        let end = measureFrom + .milliseconds(Int64(seconds * 1000))
-        let samples = try await withThrowingTaskGroup(of: [Double].self) { group in
-            for _ in 0..<inflight {
-                group.addTask {
-                    var out: [Double] = []
-                    while true {
-                        let t0 = ContinuousClock.now
-                        if t0 >= end { break }
-                        _ = try await client.unary(request: ClientRequest(message: payload), descriptor: echo,
-                                                   serializer: RawBytes(), deserializer: RawBytes(), options: .defaults) { try $0.message }
-                        if t0 >= measureFrom {
-                            let d = (ContinuousClock.now - t0).components
-                            out.append(Double(d.seconds) + Double(d.attoseconds) / 1e18)
-                        }
-                    }
-                    return out
-                }
-            }
-            var all: [Double] = []
-            for try await s in group { all += s }
-            return all.sorted()
+        try await measureAndPrint(inflight: inflight, seconds: seconds) {
+            _ = try await client.unary(request: ClientRequest(message: payload), descriptor: echo,
+                                       serializer: RawBytes(), deserializer: RawBytes(), options: .defaults) { try $0.message }
         }
-        func pct(_ p: Double) -> Double { samples.isEmpty ? 0 : samples[min(samples.count - 1, Int(Double(samples.count) * p))] * 1e6 }
-        print(#"{"calls":\#(samples.count),"callsPerSecond":\#(Double(samples.count) / seconds),"p50Micros":\#(pct(0.5)),"p99Micros":\#(pct(0.99))}"#)
     }
 default:
     print("usage: grpc-echo serve unix:PATH|tcp:PORT | grpc-echo bench unix:PATH|tcp:PORT INFLIGHT SECONDS")

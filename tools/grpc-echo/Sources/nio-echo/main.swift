@@ -5,6 +5,7 @@
 // client awaiting each answer the way LiveRoom's client does (a continuation resumed on the
 // connection's event loop, NIO as the concurrency executor). No framing, no calls, no protobuf:
 // what is left is the sockets, the kernel and the thread wake-ups.
+import EchoLoad
 import NIOCore
 import NIOPosix
 
@@ -58,34 +59,12 @@ case "bench":
         answers.waiting.append(c)
         channel.writeAndFlush(message, promise: nil)
     }
-    let warmup = seconds / 5
-    let measureFrom = ContinuousClock.now + .milliseconds(Int64(warmup * 1000))
-    let end = measureFrom + .milliseconds(Int64(seconds * 1000))
-    let samples = await withTaskGroup(of: [Double].self) { group in
-        for _ in 0..<inflight {
-            group.addTask {
-                var out: [Double] = []
-                while true {
-                    let t0 = ContinuousClock.now
-                    if t0 >= end { break }
-                    await withUnsafeContinuation { c in
-                        if loop.inEventLoop { send(c) } else { loop.execute { send(c) } }
-                    }
-                    if t0 >= measureFrom {
-                        let d = (ContinuousClock.now - t0).components
-                        out.append(Double(d.seconds) + Double(d.attoseconds) / 1e18)
-                    }
-                }
-                return out
-            }
+    try await measureAndPrint(inflight: inflight, seconds: seconds) {
+        await withUnsafeContinuation { c in
+            if loop.inEventLoop { send(c) } else { loop.execute { send(c) } }
         }
-        var all: [Double] = []
-        for await s in group { all += s }
-        return all.sorted()
     }
     try await channel.close().get()
-    func pct(_ p: Double) -> Double { samples.isEmpty ? 0 : samples[min(samples.count - 1, Int(Double(samples.count) * p))] * 1e6 }
-    print(#"{"calls":\#(samples.count),"callsPerSecond":\#(Double(samples.count) / seconds),"p50Micros":\#(pct(0.5)),"p99Micros":\#(pct(0.99))}"#)
 default:
     print("usage: nio-echo serve unix:PATH|tcp:PORT | nio-echo bench unix:PATH|tcp:PORT INFLIGHT SECONDS")
     exit(2)
