@@ -24,7 +24,7 @@ public final class CallContext: Sendable {
     public var transport: Transport { shared.transport }
     public var peer: String { shared.peer }
     var connectionLogger: Logger { shared.logger }
-    var connection: NIOLoopBound<ServerConnectionHandler>? { shared.connection }
+    var connection: NIOLoopBound<ServerConnectionHandler> { shared.connection }
 
     init(callID: UInt32, path: String, metadata: Metadata, deadline: NIODeadline?, shared: ConnectionShared) {
         self.callID = callID
@@ -41,8 +41,8 @@ public final class CallContext: Sendable {
     /// Ends this call now with `status`, from any task: the peer gets the status, and the
     /// handler's task is cancelled (a pending read of requests ends, a pending send throws).
     public func abort(_ status: RPCStatus) {
-        guard let connection else { return }
         let id = callID
+        let connection = self.connection
         connection.eventLoop.execute { connection.value.abortCall(id, status) }
     }
 
@@ -78,9 +78,9 @@ final class ConnectionShared: Sendable {
     let transport: Transport
     let peer: String
     let logger: Logger
-    let connection: NIOLoopBound<ServerConnectionHandler>?
+    let connection: NIOLoopBound<ServerConnectionHandler>
 
-    init(transport: Transport, peer: String, logger: Logger, connection: NIOLoopBound<ServerConnectionHandler>?) {
+    init(transport: Transport, peer: String, logger: Logger, connection: NIOLoopBound<ServerConnectionHandler>) {
         self.transport = transport
         self.peer = peer
         self.logger = logger

@@ -254,7 +254,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         if call.streamsRequests {
             let (stream, continuation) = AsyncThrowingStream<RPCPayload, Error>.makeStream()
             call.continuation = continuation
-            let loop = shared.connection!
+            let loop = shared.connection
             start(call, MessageStream(source: .stream(stream, { n in
                 loop.eventLoop.execute { loop.value.returnCredit(n, on: id) }
             })))
@@ -326,7 +326,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     // MARK: running handlers
 
     private func start(_ call: Call, _ requests: MessageStream) {
-        let loop = shared.connection!  // made once per connection
+        let loop = shared.connection  // made once per connection
         let serverCall = ServerCall(context: call.context, requests: requests,
                                     responses: ResponseWriter(callID: call.id, connection: loop,
                                                               call: NIOLoopBound(call, eventLoop: eventLoop)))
