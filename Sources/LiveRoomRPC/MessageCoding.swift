@@ -72,20 +72,15 @@ public struct ResponseSender<Element: ProtoMessage>: Sendable {
 }
 
 extension ServerCall {
-    /// The one request of a unary or server-streaming call, decoded. It arrives whole before the
-    /// handler starts, so no async (and, for a generic caller, no generic) frame is needed.
+    /// The one request of a unary or server-streaming call. The server collects it before the
+    /// handler starts (exactly one MESSAGE, then END), so it is decoded here without an async
+    /// frame (for a generic caller, an async frame meant type-metadata lookups on every call).
     @usableFromInline
-    func request<I: ProtoMessage>(as: I.Type) throws -> I? {
-        guard let p = requests.single else { return nil }
+    func request<I: ProtoMessage>(as: I.Type) throws -> I {
+        guard let p = requests.single else {
+            throw RPCStatus(.internal, "\(context.path) is registered as unary or server streaming, but its method streams requests")
+        }
         return try MessageCoding.decode(p, as: I.self)
-    }
-
-    /// The same, read from a stream (a `ServerCall` made by hand).
-    @usableFromInline
-    func streamedRequest<I: ProtoMessage>(as: I.Type) async throws -> I {
-        var it = RequestSequence<I>(raw: requests, code: .invalidArgument).makeAsyncIterator()
-        guard let request = try await it.next() else { throw RPCStatus(.invalidArgument, "missing request message") }
-        return request
     }
 }
 
@@ -95,9 +90,7 @@ extension ServiceRegistry {
     @inlinable
     public mutating func unary<I, O>(_ method: ProtoMethod<I, O>, _ handler: @escaping @Sendable (I, CallContext) async throws -> O) {
         register(method.info) { call in
-            let request: I
-            if let r = try call.request(as: I.self) { request = r } else { request = try await call.streamedRequest(as: I.self) }
-            return try MessageCoding.encode(try await handler(request, call.context))
+            try MessageCoding.encode(try await handler(try call.request(as: I.self), call.context))
         }
     }
 
@@ -106,9 +99,7 @@ extension ServiceRegistry {
         _ method: ProtoMethod<I, O>, _ handler: @escaping @Sendable (I, ResponseSender<O>, CallContext) async throws -> Void
     ) {
         register(method.info) { call in
-            let request: I
-            if let r = try call.request(as: I.self) { request = r } else { request = try await call.streamedRequest(as: I.self) }
-            try await handler(request, ResponseSender(writer: call.responses), call.context)
+            try await handler(try call.request(as: I.self), ResponseSender(writer: call.responses), call.context)
             return nil
         }
     }
