@@ -27,8 +27,18 @@ public actor AudienceIngestor {
         var connector: String
     }
 
+    private struct ReportKey: Hashable {
+        var platform: String
+        var connector: String
+        var sequence: UInt64
+    }
+
     private var connectors: [ConnectorKey: Connector] = [:]
     private var pending: [Pending] = []
+    /// Admitted reports not yet durable, with the sinks of resends that arrived meanwhile: a
+    /// resend is told "already counted" only once its first copy is stored, and is told the
+    /// first copy's failure otherwise.
+    private var inFlight: [ReportKey: [AckSink]] = [:]
     private var flushScheduled = false
 
     private let metrics: RoomMetrics
@@ -76,12 +86,21 @@ public actor AudienceIngestor {
             case .tooOld(let highest):
                 refused.append(Self.ack(seq, .invalidArgument,
                     "sequence \(seq) is more than \(Self.window) behind the highest (\(highest)): it cannot be told from a duplicate"))
+            case .tooFarAhead(let highest):
+                refused.append(Self.ack(seq, .invalidArgument,
+                    "sequence \(seq) is more than \(Self.window) ahead of the highest (\(highest)); sequences grow by small steps"))
             case .duplicate:
+                let key = ReportKey(platform: platformId, connector: report.connectorId, sequence: seq)
+                if inFlight[key] != nil {
+                    inFlight[key]!.append(sink)
+                    continue
+                }
                 metrics.reportsDuplicate.increment()
                 var a = Self.ok(seq, "already counted")
                 a.duplicate = true
                 refused.append(a)
             case .new:
+                inFlight[ReportKey(platform: platformId, connector: report.connectorId, sequence: seq)] = []
                 let stored = StoredReport(platformId: platformId, connectorId: report.connectorId, sequence: seq, roomId: report.roomId,
                                           receivedAtMs: now, report: report)
                 pending.append(Pending(report: stored, room: room, sink: sink))
@@ -100,10 +119,12 @@ public actor AudienceIngestor {
         }
     }
 
-    enum Admission { case new, duplicate, tooOld(highest: UInt64) }
+    enum Admission { case new, duplicate, tooOld(highest: UInt64), tooFarAhead(highest: UInt64) }
 
     static func admit(_ seq: UInt64, into c: inout Connector) -> Admission {
         if c.highest > window && seq < c.highest - window { return .tooOld(highest: c.highest) }
+        // A huge jump would make every later ordinary sequence too old, for good.
+        if c.highest > 0 && seq > c.highest && seq - c.highest > window { return .tooFarAhead(highest: c.highest) }
         guard c.seen.insert(seq).inserted else { return .duplicate }
         c.highest = max(c.highest, seq)
         if c.seen.count > Int(window) * 2 {
@@ -120,11 +141,11 @@ public actor AudienceIngestor {
         let batch = pending
         pending = []
         do {
-            let inserted = try await store.insertReports(batch.map(\.report))
+            let mark = try await store.insertReports(batch.map(\.report))
             // Runs of one room (the usual case) are grouped without hashing.
             var byRoom: [(RoomActor, [StoredReport])] = []
             var index: [ObjectIdentifier: Int] = [:]
-            for (p, new) in zip(batch, inserted) where new {
+            for p in batch {
                 // Compared in place: binding `byRoom.last` would hold its array and make every
                 // append copy it.
                 if !byRoom.isEmpty, byRoom[byRoom.count - 1].0 === p.room {
@@ -136,23 +157,35 @@ public actor AudienceIngestor {
                     byRoom.append((p.room, [p.report]))
                 }
             }
-            let new = inserted.filter { $0 }.count
-            metrics.reportsIngested.increment(by: new)
-            if new < batch.count { metrics.reportsDuplicate.increment(by: batch.count - new) }
-            for (room, reports) in byRoom { await room.applyAudience(reports) }
-            Self.deliver(zip(batch, inserted).map { p, new in
-                var a = Self.ok(p.report.sequence, new ? "" : "already counted")
-                a.duplicate = !new
-                return (p.sink, a)
-            })
+            metrics.reportsIngested.increment(by: batch.count)
+            for (room, reports) in byRoom { await room.applyAudience(reports, mark: mark) }
+            var acks = batch.map { p in (p.sink, Self.ok(p.report.sequence, "")) }
+            for p in batch {
+                guard let resends = inFlight.removeValue(forKey: Self.key(p.report)) else { continue }
+                for sink in resends {
+                    metrics.reportsDuplicate.increment()
+                    var a = Self.ok(p.report.sequence, "already counted")
+                    a.duplicate = true
+                    acks.append((sink, a))
+                }
+            }
+            Self.deliver(acks)
         } catch {
             // Not stored: forget the sequences so a resend is taken.
             let why = (error as? RoomError)?.message ?? "\(error)"
+            var acks: [(AckSink, AudienceAck)] = []
             for p in batch {
                 connectors[ConnectorKey(platform: p.report.platformId, connector: p.report.connectorId)]?.seen.remove(p.report.sequence)
+                let refusal = Self.ack(p.report.sequence, .unavailable, why)
+                acks.append((p.sink, refusal))
+                for sink in inFlight.removeValue(forKey: Self.key(p.report)) ?? [] { acks.append((sink, refusal)) }
             }
-            Self.deliver(batch.map { ($0.sink, Self.ack($0.report.sequence, .unavailable, why)) })
+            Self.deliver(acks)
         }
+    }
+
+    private static func key(_ r: StoredReport) -> ReportKey {
+        ReportKey(platform: r.platformId, connector: r.connectorId, sequence: r.sequence)
     }
 
     /// Hands each sink its acknowledgements in one call (runs of the same sink are grouped).

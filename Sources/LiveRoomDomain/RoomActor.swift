@@ -39,6 +39,12 @@ public actor RoomActor {
     // Platform audience, rebuilt from stored reports on first use.
     var audience = AudienceAggregate()
     var audienceLoaded = false
+    /// The one load in progress, which every caller awaits.
+    var audienceLoading: Task<Void, Error>?
+    /// Flushes applied while the load runs, with their commit marks: merged by it.
+    var audienceHeldBack: [(Int64, [StoredReport])] = []
+    /// The commit mark the load read up to.
+    var audienceMark: Int64 = 0
     var audienceStore: AudienceStore { store }
 
     init(record: RoomRecord, store: RoomStore & ViewerStore & AudienceStore, platform: PlatformSettings, connector: PlatformClient?,

@@ -97,6 +97,10 @@ public protocol RoomStore: Sendable {
     func update(_ room: RoomRecord, previous: RoomRecord, reason: String) async throws
     func load(id: String) async throws -> RoomRecord?
     func find(requestId: String) async throws -> RoomRecord?
+    /// The room id for `requestId`: `candidate` the first time, durably, and the same id on
+    /// every later call, so that a create retried after a crash names the room the platform's
+    /// connector (idempotent by request id) already made.
+    func reserveRoomId(requestId: String, candidate: String) async throws -> String
     func list(_ query: RoomQuery) async throws -> [RoomRecord]
     func delete(id: String) async throws
     /// The room whose current stream key this is (RTMP publish URLs carry only the key).

@@ -43,14 +43,20 @@ public actor RoomRegistry {
         let title = request.title.trimmingCharacters(in: .whitespacesAndNewlines)
         guard !title.isEmpty else { throw RoomError(.invalidArgument, "title is required (the activity's name)") }
         guard title.count <= 200 else { throw RoomError(.invalidArgument, "title is \(title.count) characters; at most 200") }
+        for (name, value) in [("request_id", request.requestId), ("owner_id", request.ownerId)] where value.utf8.count > 128 {
+            throw RoomError(.invalidArgument, "\(name) is \(value.utf8.count) bytes; at most 128")
+        }
         guard let platform = platforms[request.platformId] else {
             let known = platformList.map(\.id).joined(separator: ", ")
             throw RoomError(.invalidArgument,
                 request.platformId.isEmpty ? "platform_id is required; known platforms: \(known)"
                     : "unknown platform \"\(request.platformId)\"; known platforms: \(known)")
         }
-        let kind: RoomKind = request.kind == .unspecified ? .live : request.kind
-        guard kind == .live || kind == .meeting else { throw RoomError(.invalidArgument, "kind must be ROOM_KIND_LIVE or ROOM_KIND_MEETING") }
+        let kind = request.kind
+        guard kind == .live || kind == .meeting else {
+            throw RoomError(.invalidArgument, kind == .unspecified ? "kind is required: ROOM_KIND_LIVE or ROOM_KIND_MEETING"
+                : "kind must be ROOM_KIND_LIVE or ROOM_KIND_MEETING, got \(kind.rawValue)")
+        }
         guard platform.supports(kind) else {
             throw RoomError(.invalidArgument, "platform \(platform.id) does not support \(kind == .meeting ? "meeting" : "live") rooms")
         }
@@ -87,7 +93,10 @@ public actor RoomRegistry {
 
     private func make(_ request: CreateRoomRequest, _ platform: PlatformSettings) async throws -> RoomRecord {
         let now = clock.nowMs()
-        let id = StreamKey.identifier(prefix: "rm_")
+        // Built-in rooms exist nowhere else, so a fresh id is safe; an external platform's room
+        // may outlive a crash of ours, and its audience reports name our id.
+        let id = platform.isBuiltin ? StreamKey.identifier(prefix: "rm_")
+            : try await store.reserveRoomId(requestId: request.requestId, candidate: StreamKey.identifier(prefix: "rm_"))
         var record = RoomRecord(
             id: id, requestId: request.requestId, title: request.title, kind: request.kind, platformId: platform.id,
             playMode: request.playMode, ownerId: request.ownerId, pushServer: builtin.pushServer, streamKey: StreamKey.generate(),

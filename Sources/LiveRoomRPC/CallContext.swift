@@ -22,6 +22,8 @@ public final class CallContext: Sendable {
     private let response = Mutex(ResponseMetadata())
 
     public var transport: Transport { shared.transport }
+    /// The largest frame either side may send on this connection: answers must fit in it.
+    public var maxFrameSize: Int { shared.maxFrameSize }
     public var peer: String { shared.peer }
     var connectionLogger: Logger { shared.logger }
     var connection: NIOLoopBound<ServerConnectionHandler> { shared.connection }
@@ -78,10 +80,12 @@ final class ConnectionShared: Sendable {
     let transport: Transport
     let peer: String
     let logger: Logger
+    let maxFrameSize: Int
     let connection: NIOLoopBound<ServerConnectionHandler>
 
-    init(transport: Transport, peer: String, logger: Logger, connection: NIOLoopBound<ServerConnectionHandler>) {
+    init(transport: Transport, peer: String, logger: Logger, maxFrameSize: Int, connection: NIOLoopBound<ServerConnectionHandler>) {
         self.transport = transport
+        self.maxFrameSize = maxFrameSize
         self.peer = peer
         self.logger = logger
         self.connection = connection

@@ -5,6 +5,7 @@ import NIOCore
 import NIOExtras
 import NIOPosix
 import ServiceLifecycle
+import Synchronization
 
 /// Server settings. Defaults follow gRPC where gRPC has one.
 public struct ServerConfiguration: Sendable {
@@ -15,14 +16,56 @@ public struct ServerConfiguration: Sendable {
     public var gracePeriod: TimeAmount = .seconds(10)
     /// File mode of the Unix socket: who may connect is decided by the file's permissions.
     public var unixSocketMode: mode_t = 0o660
-    /// Called before a call's handler; a returned status refuses the call. It must decide from
-    /// the call's method, metadata, transport and peer alone: a call whose HEADERS are identical
-    /// to an allowed one on the same connection is allowed without asking again.
-    public var authenticate: (@Sendable (CallContext) -> RPCStatus?)?
+    /// Called before a call's handler. It must decide from the call's method, metadata,
+    /// transport and peer alone: a call whose HEADERS are identical to an admitted one on the
+    /// same connection is admitted without asking again. nil admits every call as trusted.
+    public var authenticate: (@Sendable (CallContext) -> Admission)?
+    /// What a TCP connection may use before a call on it presents credentials (`.trusted`).
+    public var untrusted = UntrustedBudget()
+    /// Bytes written to a connection and not yet taken by the peer: above `high` the server
+    /// stops reading from it and streams pause; they go on below `low`.
+    public var outboundWaterMarks = (low: 256 * 1024, high: 1024 * 1024)
+    /// A connection that has taken none of what was written to it for this long is closed.
+    public var stalledPeerTimeout: TimeAmount = .seconds(30)
     /// Where calls and their latency are counted; nil counts nothing.
     public var metrics: RPCMetrics?
 
     public init(listen: [Endpoint]) { self.listen = listen }
+}
+
+/// What the authenticator decided about a call.
+public enum Admission: Sendable, Equatable {
+    /// Credentials were checked: the connection gets the full limits from now on.
+    case trusted
+    /// Allowed without credentials (an open method such as a health check): the connection
+    /// stays on the small budget of `UntrustedBudget`.
+    case open
+    case refused(RPCStatus)
+}
+
+/// Limits for TCP connections that have not presented credentials: anyone who can reach the
+/// port can open one, so each costs little and lives briefly.
+public struct UntrustedBudget: Sendable {
+    public var maxConcurrentCalls = 8
+    /// Closed when no call has been open for this long (from connect: the preface timeout).
+    public var idleTimeout: TimeAmount = .seconds(15)
+    /// Across the server; further ones are closed at once.
+    public var maxConnections = 512
+    public init() {}
+}
+
+/// Counts a server's untrusted connections; shared by its listeners' connections.
+final class UntrustedCount: Sendable {
+    private let count = Atomic<Int>(0)
+    let limit: Int
+    init(limit: Int) { self.limit = limit }
+    /// Takes a place if one is free.
+    func enter() -> Bool {
+        if count.wrappingAdd(1, ordering: .relaxed).newValue <= limit { return true }
+        count.wrappingSubtract(1, ordering: .relaxed)
+        return false
+    }
+    func leave() { count.wrappingSubtract(1, ordering: .relaxed) }
 }
 
 /// Why a server could not start.
@@ -39,6 +82,7 @@ public final class RPCServer: Service, Sendable {
     private let group: EventLoopGroup
     private let logger: Logger
     private let state = NIOLockedValueBox<State>(State())
+    private let untrustedCount: UntrustedCount
 
     private struct State {
         var channels: [Channel] = []
@@ -55,6 +99,7 @@ public final class RPCServer: Service, Sendable {
         self.registry = registry
         self.group = group
         self.logger = logger
+        self.untrustedCount = UntrustedCount(limit: configuration.untrusted.maxConnections)
     }
 
     /// The addresses actually bound (a TCP port 0 becomes the chosen port).
@@ -137,6 +182,7 @@ public final class RPCServer: Service, Sendable {
         let configuration = self.configuration
         let registry = self.registry
         let logger = self.logger
+        let untrustedCount = self.untrustedCount
         let transport: Transport
         if case .unix = endpoint { transport = .unix } else { transport = .tcp }
         var bootstrap = ServerBootstrap(group: group)
@@ -144,6 +190,8 @@ public final class RPCServer: Service, Sendable {
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .serverChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    // At the file-descriptor limit, accepting again at once would spin a core.
+                    try channel.pipeline.syncOperations.addHandler(AcceptBackoffHandler(shouldForwardIOErrorCaught: false))
                     try channel.pipeline.syncOperations.addHandler(quiesce.makeServerChannelHandler(channel: channel))
                 }
             }
@@ -152,14 +200,21 @@ public final class RPCServer: Service, Sendable {
                     let limits = ServerConnectionHandler.Limits(
                         maxFrameSize: configuration.maxFrameSize,
                         maxConcurrentCalls: configuration.maxConcurrentCallsPerConnection,
-                        gracePeriod: configuration.gracePeriod)
+                        gracePeriod: configuration.gracePeriod,
+                        untrusted: configuration.untrusted,
+                        stalledPeerTimeout: configuration.stalledPeerTimeout)
+                    // A peer that does not read is not read from either: what is written to it stays bounded.
+                    try channel.pipeline.syncOperations.addHandler(BackPressureHandler())
+                    let untrusted = transport == .tcp && configuration.authenticate != nil ? untrustedCount : nil
                     try channel.pipeline.syncOperations.addHandler(
                         ServerConnectionHandler(registry: registry, limits: limits, transport: transport,
-                                                authenticate: configuration.authenticate, metrics: configuration.metrics,
-                                                logger: logger))
+                                                authenticate: configuration.authenticate, untrusted: untrusted,
+                                                metrics: configuration.metrics, logger: logger))
                 }
             }
             .childChannelOption(.allowRemoteHalfClosure, value: false)
+            .childChannelOption(.writeBufferWaterMark, value: .init(low: configuration.outboundWaterMarks.low,
+                                                                     high: configuration.outboundWaterMarks.high))
             // Most connections read little (a viewer sends only flow-control updates): start read
             // buffers small and let NIO grow them for connections that send much (publishers).
             .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 256, maximum: 65536))

@@ -17,6 +17,28 @@ public struct RPCStatus: Error, Sendable, Hashable, CustomStringConvertible {
 
     public var description: String { message.isEmpty ? code.name : "\(code.name): \(message)" }
 
+    /// The longest status message sent: messages may quote what a client sent, and a status
+    /// too big for the client's frame limit would hide the real error behind another.
+    public static let maxMessageBytes = 4096
+
+    /// `message` cut to `maxMessageBytes`, saying how much was cut.
+    public static func capped(_ message: String) -> String {
+        message.utf8.count > maxMessageBytes ? cut(message, to: maxMessageBytes - 64) : message
+    }
+
+    /// Client input for quoting in a message: at most 200 bytes of it.
+    public static func quote(_ input: String) -> String {
+        input.utf8.count > 200 ? cut(input, to: 200) : input
+    }
+
+    /// The first `bytes` bytes of `s` (fewer, to end on a character boundary) and a note.
+    private static func cut(_ s: String, to bytes: Int) -> String {
+        let utf8 = s.utf8
+        var end = utf8.index(utf8.startIndex, offsetBy: bytes)
+        while end > utf8.startIndex, UTF8.isContinuation(utf8[end]) { end = utf8.index(before: end) }
+        return String(s[..<end]) + "… (\(utf8.count) bytes, cut)"
+    }
+
     /// A gRPC status code.
     public struct Code: RawRepresentable, Sendable, Hashable, CustomStringConvertible, CaseIterable {
         public var rawValue: Int32

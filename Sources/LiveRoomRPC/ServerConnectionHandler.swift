@@ -20,6 +20,8 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         var maxFrameSize: Int
         var maxConcurrentCalls: Int
         var gracePeriod: TimeAmount
+        var untrusted = UntrustedBudget()
+        var stalledPeerTimeout: TimeAmount = .seconds(30)
     }
 
     final class Call {
@@ -63,7 +65,12 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     private let registry: ServiceRegistry
     private let limits: Limits
     private let transport: Transport
-    private let authenticate: (@Sendable (CallContext) -> RPCStatus?)?
+    private let authenticate: (@Sendable (CallContext) -> Admission)?
+    /// Set while this connection is untrusted and holds one of the server's untrusted places.
+    private var untrustedCount: UntrustedCount?
+    private var trusted: Bool { untrustedCount == nil }
+    private var idleTimer: Scheduled<Void>?
+    private var stallTimer: Scheduled<Void>?
     private let metrics: RPCMetrics?
     private var logger: Logger
     /// Held from `handlerAdded` to `handlerRemoved` only: a context holds its handler, so keeping
@@ -93,8 +100,8 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         let timeoutMs: Int64
         let entry: ServiceRegistry.Entry
         let metadata: Metadata
-        /// Set once the authenticator has let these exact headers through on this connection.
-        var allowed = false
+        /// What the authenticator said of these exact headers on this connection (never a refusal).
+        var admission: Admission?
 
         init(bytes: ByteBuffer, method: String, timeoutMs: Int64, entry: ServiceRegistry.Entry, metadata: Metadata) {
             (self.bytes, self.method, self.timeoutMs, self.entry, self.metadata) = (bytes, method, timeoutMs, entry, metadata)
@@ -102,7 +109,9 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     }
 
     init(registry: ServiceRegistry, limits: Limits, transport: Transport,
-         authenticate: (@Sendable (CallContext) -> RPCStatus?)?, metrics: RPCMetrics? = nil, logger: Logger) {
+         authenticate: (@Sendable (CallContext) -> Admission)?, untrusted: UntrustedCount? = nil,
+         metrics: RPCMetrics? = nil, logger: Logger) {
+        self.untrustedCount = untrusted
         self.decoder = NIOSingleStepByteToMessageProcessor(FrameDecoder(maxFrameSize: limits.maxFrameSize, expectPreface: true))
         self.registry = registry
         self.limits = limits
@@ -118,11 +127,69 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         allocator = context.channel.allocator
         peer = context.channel.remoteAddress.map { "\($0)" } ?? transport.rawValue
         logger[metadataKey: "peer"] = "\(peer)"
-        shared = ConnectionShared(transport: transport, peer: peer, logger: logger,
+        shared = ConnectionShared(transport: transport, peer: peer, logger: logger, maxFrameSize: limits.maxFrameSize,
                                   connection: NIOLoopBound(self, eventLoop: context.eventLoop))
+        if let untrustedCount {
+            guard untrustedCount.enter() else {
+                self.untrustedCount = nil  // holds no place
+                logger.info("closing: too many connections without credentials (limit \(untrustedCount.limit))")
+                writeGoAway(code: .resourceExhausted,
+                            "too many connections without credentials (limit \(untrustedCount.limit)); present a token or retry later")
+                closed = true
+                context.close(promise: nil)
+                return
+            }
+            armIdleTimer()
+        }
+    }
+
+    /// The connection is now trusted: its untrusted place is given back and no idle timer runs.
+    private func becomeTrusted() {
+        untrustedCount?.leave()
+        untrustedCount = nil
+        idleTimer?.cancel()
+        idleTimer = nil
+    }
+
+    /// Untrusted connections with no call open are closed after the idle timeout (from connect,
+    /// this is the preface timeout too).
+    private func armIdleTimer() {
+        guard !trusted, calls.isEmpty, !closed else { return }
+        idleTimer?.cancel()
+        let timeout = limits.untrusted.idleTimeout
+        idleTimer = eventLoop.assumeIsolated().scheduleTask(in: timeout) { [self] in
+            guard !trusted, calls.isEmpty, !closed else { return }
+            logger.debug("closing an idle connection without credentials")
+            writeGoAway(code: .ok, "idle for \(timeout.nanoseconds / 1_000_000_000) s without a call or credentials")
+            closed = true
+            context?.close(promise: nil)
+        }
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable {
+            stallTimer?.cancel()
+            stallTimer = nil
+            // Push-mode calls paused on the connection; each tries again.
+            for call in calls.values { call.onCredit?() }
+        } else if stallTimer == nil {
+            let timeout = limits.stalledPeerTimeout
+            stallTimer = eventLoop.assumeIsolated().scheduleTask(in: timeout) { [self] in
+                stallTimer = nil
+                guard let context = self.context, !context.channel.isWritable else { return }
+                logger.info("closing: the peer has taken nothing written to it for \(timeout.nanoseconds / 1_000_000_000) s")
+                shutdown(RPCStatus(.unavailable, "the peer stopped reading"))
+                context.close(promise: nil)
+            }
+        }
+        context.fireChannelWritabilityChanged()
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
+        untrustedCount?.leave()
+        untrustedCount = nil
+        idleTimer?.cancel()
+        stallTimer?.cancel()
         // Both refer back to this handler: the cycles end with the connection.
         closed = true
         shared = nil
@@ -150,7 +217,8 @@ final class ServerConnectionHandler: ChannelInboundHandler {
             handle(frame)
         case .oversized(let type, let id, let length):
             let status = RPCStatus(.resourceExhausted,
-                "\(type) frame of \(length) bytes exceeds the maximum frame size of \(limits.maxFrameSize) bytes")
+                "\(type) frame of \(length) bytes exceeds the maximum frame size of \(limits.maxFrameSize) bytes"
+                    + (type == .headers ? ": the call was refused" : ""))
             if type == .headers {
                 if id > lastCallID { lastCallID = id }
                 refuse(id, status)
@@ -193,7 +261,8 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     private func open(_ frame: Frame) {
         let id = frame.callID
         guard id > lastCallID else {
-            connectionError(FrameError("call id \(id) is not greater than the previous call id \(lastCallID)"))
+            connectionError(FrameError(id == 0 ? "call id 0 is reserved for the connection: call ids start at 1"
+                : "call id \(id) is not greater than the previous call id \(lastCallID)"))
             return
         }
         lastCallID = id
@@ -220,7 +289,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
                 return
             }
             guard let found = registry.entry(for: header.method) else {
-                refuse(id, RPCStatus(.unimplemented, "unknown method \(header.method)"))
+                refuse(id, RPCStatus(.unimplemented, "unknown method \(RPCStatus.quote(header.method))"))
                 return
             }
             guard header.timeoutMs >= 0 else {
@@ -234,15 +303,32 @@ final class ServerConnectionHandler: ChannelInboundHandler {
                                 timeoutMs: header.timeoutMs, entry: found, metadata: m)
             lastHeader = known
         }
-        let deadline = known.timeoutMs > 0 ? NIODeadline.now() + .milliseconds(known.timeoutMs) : nil
+        // Capped: a timeout of years would overflow the clock's nanoseconds.
+        let deadline = known.timeoutMs > 0 ? NIODeadline.now() + .milliseconds(min(known.timeoutMs, Self.maxTimeoutMs)) : nil
         let ctx = CallContext(callID: id, path: known.method, metadata: known.metadata, deadline: deadline, shared: shared)
-        if !known.allowed, let authenticate {
-            if let denied = authenticate(ctx) {
-                refuse(id, denied, method: known.method)
+        if let authenticate {
+            let admission: Admission
+            if let cached = known.admission {
+                admission = cached
+            } else {
+                admission = authenticate(ctx)
+                if case .refused(let status) = admission {
+                    refuse(id, status, method: known.method)
+                    return
+                }
+                known.admission = admission
+            }
+            if admission == .trusted {
+                if !trusted { becomeTrusted() }
+            } else if !trusted && calls.count >= limits.untrusted.maxConcurrentCalls {
+                refuse(id, RPCStatus(.resourceExhausted,
+                    "at most \(limits.untrusted.maxConcurrentCalls) calls may be open on a connection without credentials"),
+                    method: known.method)
                 return
             }
-            known.allowed = true
         }
+        idleTimer?.cancel()
+        idleTimer = nil
         let entry = known.entry
         let call = Call(id: id, entry: entry, context: ctx, timed: metrics != nil, connection: self)
         calls[id] = call
@@ -263,6 +349,9 @@ final class ServerConnectionHandler: ChannelInboundHandler {
             end(id)
         }
     }
+
+    /// 100 days: longer timeouts are taken as this.
+    static let maxTimeoutMs: Int64 = 100 * 24 * 3_600_000
 
     /// Ends a call that never started (refused at HEADERS), counting it.
     private func refuse(_ id: UInt32, _ status: RPCStatus, method: String = "unknown") {
@@ -451,6 +540,9 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     func pushWrite(_ payload: RPCPayload, on call: Call, shared: SharedFrames?, flush flushing: Bool) -> PushWriter.Result {
         guard !call.ended, !closed else { return .ended }
         guard payload.wireLength <= limits.maxFrameSize else { return .tooLarge }
+        // A peer that is not taking what was written gets no more: the caller keeps the message
+        // and retries from its credit handler, which runs again once the connection drains.
+        guard let context, context.channel.isWritable else { return .noCredit }
         let frame = payload.frame(callID: call.id)
         guard call.send.take(frame) else { return .noCredit }
         writeInitialMetadataIfNeeded(call)
@@ -458,11 +550,11 @@ final class ServerConnectionHandler: ChannelInboundHandler {
             if flushing {
                 // One trip down the pipeline for both.
                 unflushed = false
-                context?.writeAndFlush(wrapOutboundOut(whole), promise: nil)
+                context.writeAndFlush(wrapOutboundOut(whole), promise: nil)
                 return .written
             }
             unflushed = true
-            context?.write(wrapOutboundOut(whole), promise: nil)
+            context.write(wrapOutboundOut(whole), promise: nil)
         } else {
             write(frame, promise: nil)
         }
@@ -529,6 +621,12 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     private func writeStatus(_ call: Call, _ status: RPCStatus, after message: RPCPayload? = nil, flushing: Bool = false) {
         guard !closed else { return }
         writeInitialMetadataIfNeeded(call)
+        var status = status
+        if let message, message.wireLength > limits.maxFrameSize {
+            call.context.logger.error("response of \(message.wireLength) bytes exceeds the maximum frame size of \(limits.maxFrameSize) bytes")
+            status = RPCStatus(.resourceExhausted,
+                "the response of \(message.wireLength) bytes exceeds the maximum frame size of \(limits.maxFrameSize) bytes; ask for less (a smaller page)")
+        }
         let statusFrame = self.statusFrame(call.id, status, trailers: call.context.withResponseMetadata { $0.trailers })
         guard let message, message.wireLength <= limits.maxFrameSize else {
             write(statusFrame, promise: nil)
@@ -566,7 +664,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         }
         var s = CallStatus()
         s.code = status.code.rawValue
-        s.message = status.message.replacingOccurrences(of: "\u{0}", with: " ")
+        s.message = RPCStatus.capped(status.message).replacingOccurrences(of: "\u{0}", with: " ")
         s.details = ByteBuffer(bytes: status.details)
         s.trailers = trailers.entries.map { e in var m = MetadataEntry(); m.key = e.key; m.value = e.value; return m }
         var b = allocator.buffer(capacity: 32 + s.message.utf8.count)
@@ -578,7 +676,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         var g = GoAway()
         g.lastCallId = lastCallID
         g.code = code.rawValue
-        g.message = message
+        g.message = RPCStatus.capped(message)
         var b = allocator.buffer(capacity: 64)
         try? g.serialize(into: &b)
         write(Frame(.goAway, callID: 0, payload: b), promise: nil)
@@ -633,6 +731,7 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     }
 
     private func closeIfDrained() {
+        if calls.isEmpty { armIdleTimer() }
         if draining && calls.isEmpty && !closed {
             closed = true
             graceTimer?.cancel()

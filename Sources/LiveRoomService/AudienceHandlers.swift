@@ -11,10 +11,12 @@ enum ReportAudienceHandler {
         let tokens = platforms.filter { !$0.token.isEmpty }.map { ($0.id, "Bearer \($0.token)") }
         // The platform is whichever one's connector token was presented.
         let platform = { @Sendable (context: CallContext) throws -> String in
-            guard let presented = context.metadata["authorization"],
-                let platformId = tokens.first(where: { StreamKey.equal(presented, $0.1) })?.0
-            else {
+            guard let presented = context.metadata["authorization"] else {
                 throw RPCStatus(.unauthenticated, "ReportAudience needs metadata \"authorization: Bearer <the platform's connector token>\"")
+            }
+            guard let platformId = tokens.first(where: { StreamKey.equal(presented, $0.1) })?.0 else {
+                throw RPCStatus(.unauthenticated,
+                    "the authorization metadata is not any platform's connector token (check the token in the platform's config section)")
             }
             context.addLogMetadata("platform", platformId)
             return platformId
@@ -28,12 +30,16 @@ enum ReportAudienceHandler {
         }
         services.bidirectional(AudienceService.reportAudienceBatch) { requests, sender, context in
             var it = requests.makeAsyncIterator()
+            // Acks ready together may be more than one frame holds: they go in several answers.
+            let budget = max(1024, min(context.maxFrameSize - 64, 1 << 20))
             try await ingest(registry, ingestor, platformId: try platform(context),
                              next: { try await it.next()?.reports },
                              send: { acks in
-                                 var batch = AudienceAckBatch()
-                                 batch.acks = acks
-                                 try await sender.send(batch)
+                                 for part in splitAcks(acks, budget: budget) {
+                                     var batch = AudienceAckBatch()
+                                     batch.acks = part
+                                     try await sender.send(batch)
+                                 }
                              })
             context.logger.debug("audience stream ended")
         }
@@ -53,7 +59,8 @@ enum ReportAudienceHandler {
             }
             var rooms: [String: (RoomActor, String)] = [:]
             var lastRoom: (id: String, room: (RoomActor, String))?
-            while let reports = try await next() {
+            // A connector that reads no acks stops being read: what waits to be sent stays bounded.
+            while await tracker.waitForRoom(limit: maxUnsentAcks), let reports = try await next() {
                 var accepted: [(AudienceReport, RoomActor)] = []
                 accepted.reserveCapacity(reports.count)
                 for report in reports {
@@ -92,24 +99,33 @@ enum ReportAudienceHandler {
         }
     }
 
+    /// Acks not yet sent (stored or not) after which a stream's next message waits.
+    static let maxUnsentAcks = 65_536
+
+    /// Splits acks into runs whose encoding stays within `budget` bytes.
+    static func splitAcks(_ acks: [AudienceAck], budget: Int) -> [[AudienceAck]] {
+        var parts: [[AudienceAck]] = []
+        var current: [AudienceAck] = []
+        var size = 0
+        for a in acks {
+            // Tags and varints at their largest: sequence 11, code 11, duplicate 2, the
+            // message 6 + its bytes, the repeated field's own tag and length 6.
+            let cost = 36 + a.message.utf8.count
+            if size + cost > budget, !current.isEmpty {
+                parts.append(current)
+                current = []
+                size = 0
+            }
+            current.append(a)
+            size += cost
+        }
+        if !current.isEmpty { parts.append(current) }
+        return parts
+    }
+
     /// Why a report makes no sense, or nil.
     static func validate(_ r: AudienceReport) -> String? {
-        if r.connectorId.isEmpty { return "connector_id is required" }
-        if r.sequence == 0 { return "sequence starts at 1" }
-        if r.roomId.isEmpty { return "room_id is required" }
-        // The common case (nothing negative) is checked without building anything.
-        if r.viewersOnline < 0 || r.newViewers < 0 || r.comments < 0 || r.likes < 0 || r.interactions < 0 || r.gifts < 0 || r.itemsSold < 0 {
-            let counts = [("viewers_online", r.viewersOnline), ("new_viewers", r.newViewers), ("comments", r.comments), ("likes", r.likes),
-                          ("interactions", r.interactions), ("gifts", r.gifts), ("items_sold", r.itemsSold)]
-            if let negative = counts.first(where: { $0.1 < 0 }) { return "\(negative.0) must not be negative, got \(negative.1)" }
-        }
-        if let s = r.sales {
-            if s.minorUnits < 0 { return "sales must not be negative" }
-            if s.minorUnits > 0 && (s.currency.count != 3 || !s.currency.allSatisfy(\.isUppercase)) {
-                return "sales.currency must be an ISO 4217 code like CNY, got \"\(s.currency)\""
-            }
-        }
-        return nil
+        AudienceLimits.problem(r)
     }
 }
 
@@ -121,6 +137,8 @@ final class AckTracker: Sendable {
         var inputDone = false
         var ready: [AudienceAck] = []
         var waiter: CheckedContinuation<[AudienceAck]?, Never>?
+        /// The reader, waiting for unsent acks to drop to half its limit.
+        var roomWaiter: (limit: Int, CheckedContinuation<Void, Never>)?
     }
 
     private let state = Mutex(State())
@@ -130,15 +148,23 @@ final class AckTracker: Sendable {
     func ack(_ a: AudienceAck) { ack(contentsOf: [a]) }
 
     func ack(contentsOf acks: [AudienceAck]) {
-        let wake = state.withLock { s -> (CheckedContinuation<[AudienceAck]?, Never>, [AudienceAck])? in
+        let (wake, reader) = state.withLock { s -> ((CheckedContinuation<[AudienceAck]?, Never>, [AudienceAck])?, CheckedContinuation<Void, Never>?) in
             s.outstanding -= acks.count
             s.ready.append(contentsOf: acks)
-            guard let w = s.waiter else { return nil }
+            guard let w = s.waiter else { return (nil, nil) }
             s.waiter = nil
             defer { s.ready = [] }
-            return (w, s.ready)
+            return ((w, s.ready), Self.takeReader(&s))
         }
         if let (w, batch) = wake { w.resume(returning: batch) }
+        reader?.resume()
+    }
+
+    /// The waiting reader, if what is unsent (ready about to be handed over) is down to half its limit.
+    private static func takeReader(_ s: inout State) -> CheckedContinuation<Void, Never>? {
+        guard let (limit, r) = s.roomWaiter, s.outstanding <= limit / 2 else { return nil }
+        s.roomWaiter = nil
+        return r
     }
 
     func inputEnded() {
@@ -154,16 +180,30 @@ final class AckTracker: Sendable {
     /// Everything acknowledged since the last call; nil when all is done.
     func nextBatch() async -> [AudienceAck]? {
         await withCheckedContinuation { (c: CheckedContinuation<[AudienceAck]?, Never>) in
-            let now = state.withLock { s -> [AudienceAck]?? in
+            let (now, reader) = state.withLock { s -> ([AudienceAck]??, CheckedContinuation<Void, Never>?) in
                 if !s.ready.isEmpty {
                     defer { s.ready = [] }
-                    return .some(s.ready)
+                    return (.some(s.ready), Self.takeReader(&s))
                 }
-                if s.inputDone && s.outstanding == 0 { return .some(nil) }
+                if s.inputDone && s.outstanding == 0 { return (.some(nil), nil) }
                 s.waiter = c
-                return nil
+                return (nil, nil)
             }
+            reader?.resume()
             if let now { c.resume(returning: now) }
         }
+    }
+
+    /// Returns (true) once fewer than `limit` acks are waiting to be sent; waits otherwise.
+    func waitForRoom(limit: Int) async -> Bool {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let now = state.withLock { s -> Bool in
+                if s.outstanding + s.ready.count < limit { return true }
+                s.roomWaiter = (limit, c)
+                return false
+            }
+            if now { c.resume() }
+        }
+        return true
     }
 }

@@ -77,7 +77,8 @@ public final class Daemon: Service, Sendable {
         serverConfiguration.maxFrameSize = configuration.maxFrameSize
         serverConfiguration.maxConcurrentCallsPerConnection = configuration.maxConcurrentCalls
         serverConfiguration.gracePeriod = .seconds(Int64(configuration.gracePeriodSeconds))
-        serverConfiguration.authenticate = TCPAuthenticator(token: configuration.tcpToken).check
+        serverConfiguration.authenticate = TCPAuthenticator(token: configuration.tcpToken,
+                                                            connectorTokens: configuration.platforms.map(\.token)).check
         if configuration.metrics != nil { serverConfiguration.metrics = RPCMetrics(factory: factory, methods: registry.paths) }
         self.server = RPCServer(configuration: serverConfiguration, registry: registry, logger: logger)
 
@@ -197,28 +198,49 @@ public final class Daemon: Service, Sendable {
 }
 
 /// Calls over TCP must carry `authorization: Bearer TOKEN`; Unix-socket calls are trusted as far
-/// as the socket file's permissions allow. Health is open on both so probes need no secret.
+/// as the socket file's permissions allow. Health is open on both so probes need no secret; a
+/// connection that has only made open calls stays on the RPC server's small untrusted budget.
+/// Connectors' audience reports take their platform's connector token instead.
 struct TCPAuthenticator: Sendable {
     /// `Bearer TOKEN`, made once: this runs for every call.
     private let expected: String?
+    private let connectorTokens: [String]
     private let healthPrefix = "/\(Health.name)/"
-    private let reportAudience = AudienceService.reportAudience.info.path
+    private let reportPaths = [AudienceService.reportAudience.info.path, AudienceService.reportAudienceBatch.info.path]
 
-    init(token: String?) { expected = token.map { "Bearer \($0)" } }
+    init(token: String?, connectorTokens: [String] = []) {
+        expected = token.map { "Bearer \($0)" }
+        self.connectorTokens = connectorTokens.filter { !$0.isEmpty }.map { "Bearer \($0)" }
+    }
 
-    func check(_ context: CallContext) -> RPCStatus? {
-        // Health is open; ReportAudience authenticates connectors with their platform's token.
-        guard context.transport == .tcp, !context.path.hasPrefix(healthPrefix), context.path != reportAudience
-        else { return nil }
+    func check(_ context: CallContext) -> Admission {
+        guard context.transport == .tcp else { return .trusted }
+        if context.path.hasPrefix(healthPrefix) {
+            return context.metadata["authorization"].map { presented in expected.map { StreamKey.equal(presented, $0) } ?? false } == true
+                ? .trusted : .open
+        }
+        if reportPaths.contains(context.path) {
+            guard let presented = context.metadata["authorization"] else {
+                return .refused(RPCStatus(.unauthenticated,
+                    "audience reports need metadata \"authorization: Bearer <the platform's connector token>\""))
+            }
+            if connectorTokens.contains(where: { StreamKey.equal(presented, $0) }) { return .trusted }
+            if let expected, StreamKey.equal(presented, expected) {
+                return .refused(RPCStatus(.permissionDenied,
+                    "audience reports take the platform's connector token, not tcp_token: the token names the platform"))
+            }
+            return .refused(RPCStatus(.unauthenticated,
+                "the authorization metadata is not any platform's connector token (check the token in the platform's config section)"))
+        }
         guard let expected else {
-            return RPCStatus(.unauthenticated, "calls over TCP are disabled: the daemon has no tcp_token configured")
+            return .refused(RPCStatus(.unauthenticated, "calls over TCP are disabled: the daemon has no tcp_token configured"))
         }
         guard let presented = context.metadata["authorization"] else {
-            return RPCStatus(.unauthenticated, "calls over TCP need metadata \"authorization: Bearer <tcp_token>\"")
+            return .refused(RPCStatus(.unauthenticated, "calls over TCP need metadata \"authorization: Bearer <tcp_token>\""))
         }
         guard StreamKey.equal(presented, expected) else {
-            return RPCStatus(.unauthenticated, "the authorization token is not valid")
+            return .refused(RPCStatus(.unauthenticated, "the authorization token is not valid"))
         }
-        return nil
+        return .trusted
     }
 }

@@ -150,41 +150,71 @@ public final class SQLiteStore: RoomStore, ViewerStore, AudienceStore, Sendable 
                 CREATE INDEX audience_batches_by_connector ON audience_batches(platform_id, connector_id, max_sequence);
                 """)
         }
+        m.registerMigration("v7: room ids reserved by request id") { db in
+            try db.execute(sql: """
+                CREATE TABLE room_requests (
+                    request_id TEXT PRIMARY KEY,
+                    room_id TEXT NOT NULL
+                ) WITHOUT ROWID
+                """)
+        }
         return m
+    }
+
+    public func reserveRoomId(requestId: String, candidate: String) async throws -> String {
+        try await write("reserve a room id for request \(requestId)") { db in
+            try db.execute(sql: "INSERT INTO room_requests (request_id, room_id) VALUES (?, ?) ON CONFLICT (request_id) DO NOTHING",
+                           arguments: [requestId, candidate])
+            return try String.fetchOne(db, sql: "SELECT room_id FROM room_requests WHERE request_id = ?", arguments: [requestId]) ?? candidate
+        }
     }
 
     // MARK: AudienceStore
 
     /// Stores reports the ingestor admitted (it has already told duplicates apart): one row per
-    /// (platform, connector, room, arrival) group, the reports in it as `ReportRows`.
-    public func insertReports(_ reports: [StoredReport]) async throws -> [Bool] {
-        struct GroupKey {
+    /// (platform, connector, room, arrival) group, the reports in it as `ReportRows`. Reports of
+    /// one group make one row even when they arrive interleaved with other rooms' reports.
+    /// Returns the last row id written: rows are numbered in commit order (one writer), so it
+    /// is the transaction's commit mark.
+    public func insertReports(_ reports: [StoredReport]) async throws -> Int64 {
+        struct GroupKey: Hashable {
             var platform: String
             var connector: String
             var room: String
             var receivedAtMs: Int64
         }
-        // Reports arrive in runs from one submit: consecutive reports with the same key form a
-        // group, with no hashing per report.
         var order: [GroupKey] = []
         var groupsInOrder: [[AudienceReport]] = []
+        var index: [GroupKey: Int] = [:]
         for r in reports {
             var report = r.report
             report.sequence = r.sequence
+            // Consecutive reports of one group (the usual case) are grouped without hashing.
             if let last = order.last, last.receivedAtMs == r.receivedAtMs, last.connector == r.connectorId, last.room == r.roomId,
                 last.platform == r.platformId
             {
                 groupsInOrder[groupsInOrder.count - 1].append(report)
+                continue
+            }
+            let key = GroupKey(platform: r.platformId, connector: r.connectorId, room: r.roomId, receivedAtMs: r.receivedAtMs)
+            if let i = index[key] {
+                groupsInOrder[i].append(report)
             } else {
-                order.append(GroupKey(platform: r.platformId, connector: r.connectorId, room: r.roomId, receivedAtMs: r.receivedAtMs))
+                index[key] = order.count
+                order.append(key)
                 groupsInOrder.append([report])
             }
         }
         let rows = zip(order, groupsInOrder).map { key, group -> (GroupKey, Int64, Int64, Data) in
-            let sequences = group.map(\.sequence)
-            return (key, Int64(bitPattern: sequences.min()!), Int64(bitPattern: sequences.max()!), ReportRows.encode(group))
+            var low = UInt64.max, high = UInt64.min
+            for r in group {
+                low = min(low, r.sequence)
+                high = max(high, r.sequence)
+            }
+            // Sequences are below 2^63 (checked at the edge), so they keep their order as SQLite integers.
+            return (key, Int64(clamping: low), Int64(clamping: high), ReportRows.encode(group))
         }
-        try await write("store audience reports") { db in
+        return try await write("store audience reports") { db in
             let statement = try db.cachedStatement(sql: """
                 INSERT INTO audience_batches (platform_id, connector_id, room_id, min_sequence, max_sequence, received_at_ms, reports)
                 VALUES (?, ?, ?, ?, ?, ?, ?)
@@ -192,19 +222,21 @@ public final class SQLiteStore: RoomStore, ViewerStore, AudienceStore, Sendable 
             for (key, low, high, blob) in rows {
                 try statement.execute(arguments: [key.platform, key.connector, key.room, low, high, key.receivedAtMs, blob])
             }
+            return db.lastInsertedRowID
         }
-        return Array(repeating: true, count: reports.count)
     }
 
-    public func loadReports(roomId: String) async throws -> [StoredReport] {
+    public func loadReports(roomId: String) async throws -> StoredReports {
         try await read { db in
+            let mark = try Int64.fetchOne(db, sql: "SELECT max(id) FROM audience_batches") ?? 0
             var out = try Row.fetchAll(db, sql: "SELECT * FROM audience_reports WHERE room_id = ?", arguments: [roomId]).map { row in
                 let blob: Data = row["report"]
                 return StoredReport(platformId: row["platform_id"], connectorId: row["connector_id"],
                                     sequence: UInt64(bitPattern: row["sequence"]), roomId: row["room_id"],
                                     receivedAtMs: row["received_at_ms"], report: try AudienceReport(serializedBytes: [UInt8](blob)))
             }
-            for row in try Row.fetchAll(db, sql: "SELECT * FROM audience_batches WHERE room_id = ? ORDER BY id", arguments: [roomId]) {
+            for row in try Row.fetchAll(db, sql: "SELECT * FROM audience_batches WHERE room_id = ? AND id <= ? ORDER BY id",
+                                        arguments: [roomId, mark]) {
                 let blob: Data = row["reports"]
                 let platform: String = row["platform_id"], connector: String = row["connector_id"], at: Int64 = row["received_at_ms"]
                 for report in try ReportRows.decode(blob, connectorId: connector, roomId: roomId) {
@@ -212,7 +244,8 @@ public final class SQLiteStore: RoomStore, ViewerStore, AudienceStore, Sendable 
                                             receivedAtMs: at, report: report))
                 }
             }
-            return out.sorted { $0.receivedAtMs < $1.receivedAtMs }
+            out.sort { $0.receivedAtMs < $1.receivedAtMs }
+            return StoredReports(reports: out, mark: mark)
         }
     }
 

@@ -23,6 +23,7 @@ struct FanoutBench: AsyncParsableCommand {
         let endpoint = Endpoint.unix(path: String(target.dropFirst(5)))
         let control = try await RPCClient.connect(to: endpoint)
         var create = CreateRoomRequest()
+        create.kind = .live
         create.platformId = "self"
         create.title = "fanout bench"
         let room = try await control.unary(RoomService.createRoom, create).room!

@@ -64,8 +64,8 @@ struct PlatformSim: AsyncParsableCommand {
         configuration.gracePeriod = .seconds(2)
         if let token {
             configuration.authenticate = { ctx in
-                ctx.metadata["authorization"] == "Bearer \(token)" ? nil
-                    : RPCStatus(.unauthenticated, "platform \(name) needs its connector token")
+                ctx.metadata["authorization"] == "Bearer \(token)" ? .trusted
+                    : .refused(RPCStatus(.unauthenticated, "platform \(name) needs its connector token"))
             }
         }
         let server = RPCServer(configuration: configuration, registry: registry, logger: logger)

@@ -69,6 +69,7 @@ final class AudienceTests: XCTestCase {
 
     func makeRoom(_ client: RPCClient, _ platform: String) async throws -> String {
         var r = CreateRoomRequest()
+        r.kind = .live
         r.platformId = platform
         r.title = "Audience"
         return try await client.unary(RoomService.createRoom, r).room!.roomId

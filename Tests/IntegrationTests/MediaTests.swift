@@ -19,6 +19,7 @@ final class MediaTests: XCTestCase {
 
     func room(_ client: RPCClient) async throws -> Room {
         var r = CreateRoomRequest()
+        r.kind = .live
         r.platformId = "self"
         r.title = "Media test"
         return try await client.unary(RoomService.createRoom, r).room!

@@ -10,6 +10,7 @@ import XCTest
 final class OperatingTests: XCTestCase {
     func builtinRoom(_ client: RPCClient, title: String) async throws -> Room {
         var create = CreateRoomRequest()
+        create.kind = .live
         create.platformId = "self"
         create.title = title
         return try await client.unary(RoomService.createRoom, create).room!
@@ -94,6 +95,7 @@ final class OperatingTests: XCTestCase {
         var refused = false
         for i in 0..<2000 where !refused {
             var r = CreateRoomRequest()
+            r.kind = .live
             r.platformId = "self"
             r.title = String(repeating: "t", count: 180) + "\(i)"
             do { _ = try await client.unary(RoomService.createRoom, r) } catch let s as RPCStatus where s.code == .unavailable { refused = true }

@@ -17,6 +17,7 @@ final class RTMPTests: XCTestCase {
 
     func room(_ client: RPCClient) async throws -> Room {
         var r = CreateRoomRequest()
+        r.kind = .live
         r.platformId = "self"
         r.title = "RTMP test"
         return try await client.unary(RoomService.createRoom, r).room!

@@ -100,6 +100,7 @@ final class RoomTests: XCTestCase {
         XCTAssertEqual(onPlatform.first?.key, douyin.streamKey, "we hand out the platform's key")
 
         var embedded = CreateRoomRequest()
+        embedded.kind = .live
         embedded.platformId = "kuaishou"
         embedded.title = "Watch with us"
         embedded.playMode = .embedded

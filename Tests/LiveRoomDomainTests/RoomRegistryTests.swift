@@ -8,20 +8,36 @@ import XCTest
 final class MemoryStore: RoomStore, ViewerStore, AudienceStore {
     let reports = Mutex<[String: StoredReport]>([:])
 
-    func insertReports(_ batch: [StoredReport]) async throws -> [Bool] {
+    /// Commit marks: one per insert, as SQLite's row ids.
+    let marks = Mutex<Int64>(0)
+    /// Runs between a load's read and its return (tests race applies against it).
+    let afterRead = Mutex<(@Sendable () async -> Void)?>(nil)
+
+    func insertReports(_ batch: [StoredReport]) async throws -> Int64 {
         try check()
         return reports.withLock { all in
-            batch.map { r in
-                let key = "\(r.platformId)/\(r.connectorId)/\(r.sequence)"
-                guard all[key] == nil else { return false }
-                all[key] = r
-                return true
-            }
+            for r in batch { all["\(r.platformId)/\(r.connectorId)/\(r.sequence)"] = r }
+            return marks.withLock { $0 += 1; return $0 }
         }
     }
 
-    func loadReports(roomId: String) async throws -> [StoredReport] {
-        reports.withLock { $0.values.filter { $0.roomId == roomId }.sorted { $0.receivedAtMs < $1.receivedAtMs } }
+    func loadReports(roomId: String) async throws -> StoredReports {
+        let (found, mark) = reports.withLock { all in
+            (all.values.filter { $0.roomId == roomId }.sorted { $0.receivedAtMs < $1.receivedAtMs }, marks.withLock { $0 })
+        }
+        if let hook = afterRead.withLock({ $0 }) { await hook() }
+        return StoredReports(reports: found, mark: mark)
+    }
+
+    let requests = Mutex<[String: String]>([:])
+
+    func reserveRoomId(requestId: String, candidate: String) async throws -> String {
+        try check()
+        return requests.withLock { r in
+            if let id = r[requestId] { return id }
+            r[requestId] = candidate
+            return candidate
+        }
     }
 
     func sequences(platformId: String, connectorId: String, from: UInt64) async throws -> (seen: Set<UInt64>, highest: UInt64?) {
@@ -59,8 +75,12 @@ final class MemoryStore: RoomStore, ViewerStore, AudienceStore {
         if failWrites.withLock({ $0 }) { throw RoomError(.unavailable, "the store cannot be written: disk full") }
     }
 
+    /// Fails only inserts of rooms: the write after the platform made its room.
+    let failRoomInserts = Mutex(false)
+
     func insert(_ room: RoomRecord) async throws {
         try check()
+        if failRoomInserts.withLock({ $0 }) { throw RoomError(.unavailable, "the store cannot be written: disk full") }
         rooms.withLock { $0[room.id] = room }
     }
 
@@ -143,6 +163,7 @@ final class RoomRegistryTests: XCTestCase {
 
     static func request(_ platform: String, _ title: String = "Launch", requestId: String = "") -> CreateRoomRequest {
         var r = CreateRoomRequest()
+        r.kind = .live
         r.platformId = platform
         r.title = title
         r.requestId = requestId
@@ -190,6 +211,21 @@ final class RoomRegistryTests: XCTestCase {
         var external = request("self")
         external.playMode = .external
         await assertRoomError(.invalidArgument, containing: "embedded") { try await registry.create(external) }
+        var noKind = request("self")
+        noKind.kind = .unspecified
+        await assertRoomError(.invalidArgument, containing: "kind is required") { try await registry.create(noKind) }
+        var longRequest = request("self")
+        longRequest.requestId = String(repeating: "r", count: 129)
+        await assertRoomError(.invalidArgument, containing: "request_id is 129 bytes") { try await registry.create(longRequest) }
+    }
+
+    func testAnExternalCreateRetriedAfterACrashNamesTheRoomTheFirstAttemptReserved() async throws {
+        // The first attempt reserved its id and reached the platform, then the daemon died
+        // before storing the room.
+        let reserved = try await store.reserveRoomId(requestId: "r-crash", candidate: "rm_first_attempt")
+        let room = try await makeRegistry().create(request("fake", requestId: "r-crash")).room
+        XCTAssertEqual(room.id, reserved, "the platform's room (made for the first attempt) names this id")
+        XCTAssertEqual(room.platformRoomId, "p-r-crash")
     }
 
     func testConnectorFailureLeavesNothingAndUndoesOnThePlatform() async throws {
@@ -202,9 +238,13 @@ final class RoomRegistryTests: XCTestCase {
 
     func testStoreFailureUndoesThePlatformRoom() async throws {
         let registry = makeRegistry()
-        store.failWrites.withLock { $0 = true }
+        store.failRoomInserts.withLock { $0 = true }
         await assertRoomError(.unavailable, containing: "disk full") { try await registry.create(self.request("fake", requestId: "r2")) }
         try await waitUntil { self.connector.closedRequests.withLock { $0 } == ["r2"] }
+        // A store that takes no writes at all fails before the platform is asked.
+        store.failWrites.withLock { $0 = true }
+        await assertRoomError(.unavailable, containing: "disk full") { try await registry.create(self.request("fake", requestId: "r3")) }
+        XCTAssertEqual(connector.created.withLock { $0 }, 1)
     }
 
     func testKeyExpiryAndRotation() async throws {

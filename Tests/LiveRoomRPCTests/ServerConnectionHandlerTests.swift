@@ -10,7 +10,7 @@ import XCTest
 /// The server's connection handler on an EmbeddedChannel: it decodes frames itself, so bytes may
 /// arrive in any pieces.
 final class ServerConnectionHandlerTests: XCTestCase {
-    private func makeChannel(authenticate: (@Sendable (CallContext) -> RPCStatus?)? = nil) throws -> EmbeddedChannel {
+    private func makeChannel(authenticate: (@Sendable (CallContext) -> Admission)? = nil, untrusted: Int? = nil) throws -> EmbeddedChannel {
         var registry = ServiceRegistry()
         registry.unary(TestService.unaryCall) { request, context in
             var r = SimpleResponse()
@@ -21,10 +21,15 @@ final class ServerConnectionHandlerTests: XCTestCase {
         }
         var logger = Logger(label: "test")
         logger.logLevel = .critical
+        var limits = ServerConnectionHandler.Limits(maxFrameSize: 1 << 20, maxConcurrentCalls: 8, gracePeriod: .seconds(1))
+        limits.untrusted.maxConcurrentCalls = 4
         let handler = ServerConnectionHandler(
-            registry: registry, limits: .init(maxFrameSize: 1 << 20, maxConcurrentCalls: 8, gracePeriod: .seconds(1)),
-            transport: .unix, authenticate: authenticate, logger: logger)
-        return EmbeddedChannel(handler: handler)
+            registry: registry, limits: limits,
+            transport: untrusted == nil ? .unix : .tcp, authenticate: authenticate,
+            untrusted: untrusted.map { UntrustedCount(limit: $0) }, logger: logger)
+        let channel = EmbeddedChannel(handler: handler)
+        _ = try? channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
+        return channel
     }
 
     private func unaryCallBytes(id: UInt32, responseSize: Int32, n: String? = nil, method: String = TestService.unaryCall.info.path) throws -> ByteBuffer {
@@ -149,7 +154,7 @@ final class ServerConnectionHandlerTests: XCTestCase {
         let asked = Mutex(0)
         let channel = try makeChannel { context in
             asked.withLock { $0 += 1 }
-            return context.metadata["n"] == "3" ? nil : RPCStatus(.unauthenticated, "n must be 3")
+            return context.metadata["n"] == "3" ? .trusted : .refused(RPCStatus(.unauthenticated, "n must be 3"))
         }
         var bytes = ByteBuffer(bytes: Frame.preface)
         for (id, n) in [(1, "3"), (2, "3"), (3, "4"), (4, "4"), (5, "3")] as [(UInt32, String)] {
@@ -163,5 +168,113 @@ final class ServerConnectionHandlerTests: XCTestCase {
         XCTAssertEqual(statuses[2].message, "n must be 3")
         // Call 2 repeats call 1's allowed headers; 4 repeats 3's refused ones, which are asked again.
         XCTAssertEqual(asked.withLock { $0 }, 4)
+    }
+
+    private func headersOnly(id: UInt32, metadata: [String: String] = [:], method: String = TestService.unaryCall.info.path) throws -> ByteBuffer {
+        var header = CallHeader()
+        header.method = method
+        header.metadata = metadata.map { k, v in var e = MetadataEntry(); e.key = k; e.value = v; return e }
+        var bytes = ByteBuffer()
+        FrameEncoder.encode(Frame(.headers, callID: id, payload: ByteBuffer(bytes: try header.serializedBytes())), into: &bytes)
+        return bytes
+    }
+
+    func testAConnectionWithoutCredentialsHasASmallBudgetUntilItPresentsThem() throws {
+        let channel = try makeChannel(authenticate: { $0.metadata["authorization"] == "yes" ? .trusted : .open }, untrusted: 10)
+        try channel.writeInbound(ByteBuffer(bytes: Frame.preface))
+        // Calls left open (HEADERS without a request): the fifth is refused.
+        for id in 1...5 as ClosedRange<UInt32> { try channel.writeInbound(try headersOnly(id: id)) }
+        var statuses = try written(channel).filter { $0.type == .status }
+        XCTAssertEqual(statuses.map(\.callID), [5])
+        let refusal = try CallStatus(buffer: statuses[0].payload)
+        XCTAssertEqual(refusal.code, RPCStatus.Code.resourceExhausted.rawValue)
+        XCTAssertTrue(refusal.message.contains("without credentials"), refusal.message)
+        // Credentials lift the budget to the connection's full limit (8 open calls here).
+        for id in 6...9 as ClosedRange<UInt32> { try channel.writeInbound(try headersOnly(id: id, metadata: ["authorization": "yes"])) }
+        XCTAssertEqual(try written(channel).filter { $0.type == .status }.count, 0)
+        try channel.writeInbound(try headersOnly(id: 10))
+        statuses = try written(channel).filter { $0.type == .status }
+        XCTAssertEqual(statuses.map(\.callID), [10])
+        let limitStatus = try CallStatus(buffer: statuses[0].payload)
+        XCTAssertTrue(limitStatus.message.contains("too many concurrent calls"), "now the ordinary limit: \(limitStatus.message)")
+    }
+
+    func testAnIdleConnectionWithoutCredentialsIsClosedWithAReason() throws {
+        let channel = try makeChannel(authenticate: { _ in .open }, untrusted: 10)
+        try channel.writeInbound(ByteBuffer(bytes: Frame.preface))
+        channel.embeddedEventLoop.advanceTime(by: .seconds(14))
+        XCTAssertTrue(channel.isActive)
+        channel.embeddedEventLoop.advanceTime(by: .seconds(2))
+        let frames = try written(channel)
+        XCTAssertEqual(frames.map(\.type), [.goAway])
+        XCTAssertTrue(try GoAway(buffer: frames[0].payload).message.contains("idle"))
+        XCTAssertFalse(channel.isActive)
+    }
+
+    func testConnectionsWithoutCredentialsPastTheServersLimitAreClosedAtOnce() throws {
+        let count = UntrustedCount(limit: 1)
+        func make() -> EmbeddedChannel {
+            var logger = Logger(label: "test")
+            logger.logLevel = .critical
+            return EmbeddedChannel(handler: ServerConnectionHandler(
+                registry: ServiceRegistry(), limits: .init(maxFrameSize: 1 << 20, maxConcurrentCalls: 8, gracePeriod: .seconds(1)),
+                transport: .tcp, authenticate: { _ in .open }, untrusted: count, logger: logger))
+        }
+        let first = make()
+        XCTAssertEqual(try written(first).map(\.type), [])
+        let second = make()
+        XCTAssertEqual(try written(second).map(\.type), [.goAway], "refused at once")
+        _ = try first.finish()
+        let third = make()
+        XCTAssertEqual(try written(third).map(\.type), [], "a closed connection gives its place back")
+    }
+
+    func testStatusesQuoteAtMostAFewKilobytesOfClientInput() throws {
+        let channel = try makeChannel()
+        try channel.writeInbound(ByteBuffer(bytes: Frame.preface))
+        try channel.writeInbound(try headersOnly(id: 1, method: "/" + String(repeating: "x", count: 100_000)))
+        let statuses = try written(channel).filter { $0.type == .status }
+        let status = try CallStatus(buffer: statuses[0].payload)
+        XCTAssertEqual(status.code, RPCStatus.Code.unimplemented.rawValue)
+        XCTAssertLessThan(status.message.utf8.count, 400)
+        XCTAssertTrue(status.message.contains("100001 bytes"), status.message)
+        XCTAssertLessThanOrEqual(RPCStatus.capped(String(repeating: "é", count: 10_000)).utf8.count, RPCStatus.maxMessageBytes)
+    }
+
+    func testCallIdZeroIsExplained() throws {
+        let channel = try makeChannel()
+        try channel.writeInbound(ByteBuffer(bytes: Frame.preface))
+        try channel.writeInbound(try headersOnly(id: 0))
+        let frames = try written(channel)
+        XCTAssertEqual(frames.map(\.type), [.goAway])
+        XCTAssertTrue(try GoAway(buffer: frames[0].payload).message.contains("call ids start at 1"))
+    }
+
+    func testAnAnswerTooBigForAFrameEndsWithResourceExhaustedNotAnEmptyOK() throws {
+        let channel = try makeChannel()
+        try channel.writeInbound(try unaryCallBytes(id: 1, responseSize: 2 << 20))
+        let frames = try written(channel)
+        XCTAssertEqual(frames.map(\.type), [.status])
+        let status = try CallStatus(buffer: frames[0].payload)
+        XCTAssertEqual(status.code, RPCStatus.Code.resourceExhausted.rawValue)
+        XCTAssertTrue(status.message.contains("exceeds the maximum frame size"), status.message)
+    }
+
+    func testAPeerThatTakesNothingIsNotReadFromAndIsClosedAfterTheStallTimeout() throws {
+        let channel = try makeChannel()
+        try channel.pipeline.syncOperations.addHandler(BackPressureHandler(), position: .first)
+        try channel.writeInbound(ByteBuffer(bytes: Frame.preface))
+        channel.isWritable = false
+        channel.pipeline.fireChannelWritabilityChanged()
+        channel.embeddedEventLoop.advanceTime(by: .seconds(29))
+        XCTAssertTrue(channel.isActive)
+        channel.isWritable = true
+        channel.pipeline.fireChannelWritabilityChanged()
+        channel.embeddedEventLoop.advanceTime(by: .seconds(29))
+        XCTAssertTrue(channel.isActive, "it read again in time")
+        channel.isWritable = false
+        channel.pipeline.fireChannelWritabilityChanged()
+        channel.embeddedEventLoop.advanceTime(by: .seconds(31))
+        XCTAssertFalse(channel.isActive)
     }
 }

@@ -78,10 +78,10 @@ final class SQLiteStoreTests: XCTestCase {
         }
         // Two connectors and two arrival times in one flush: three groups, every report kept.
         let batch = (1...5).map { stored($0) } + (1...3).map { stored($0, connector: "c2") } + [stored(6, at: 120_000)]
-        let inserted = try await store.insertReports(batch)
-        XCTAssertEqual(inserted, Array(repeating: true, count: 9))
+        let mark = try await store.insertReports(batch)
         let rows = try await store.pool.read { try Int.fetchOne($0, sql: "SELECT count(*) FROM audience_batches") }
         XCTAssertEqual(rows, 3, "one row per group, not per report")
+        XCTAssertEqual(mark, 3, "the commit mark is the transaction's last row")
         // A row written by an earlier version, one report per row.
         var old = AudienceReport()
         old.comments = 100
@@ -89,7 +89,9 @@ final class SQLiteStoreTests: XCTestCase {
         try await store.pool.write { db in
             try db.execute(sql: "INSERT INTO audience_reports VALUES ('douyin', 'c0', 9, 'rm_a', 1000, ?)", arguments: [oldBlob])
         }
-        let loaded = try await SQLiteStore(directory: dir).loadReports(roomId: "rm_a")
+        let read = try await SQLiteStore(directory: dir).loadReports(roomId: "rm_a")
+        XCTAssertEqual(read.mark, 3)
+        let loaded = read.reports
         XCTAssertEqual(loaded.count, 10)
         XCTAssertEqual(loaded.map(\.report.comments).reduce(0, +), 15 + 6 + 6 + 100)
         XCTAssertEqual(Set(loaded.filter { $0.connectorId == "c1" }.map(\.sequence)), [1, 2, 3, 4, 5, 6])
@@ -100,6 +102,36 @@ final class SQLiteStoreTests: XCTestCase {
         let c0 = try await store.sequences(platformId: "douyin", connectorId: "c0", from: 0)
         XCTAssertEqual(c0.seen, [9])
         XCTAssertEqual(c0.highest, 9)
+    }
+
+    func testReportsOfRoomsInterleavedMakeOneRowPerRoomAndMarksGrow() async throws {
+        let store = try SQLiteStore(directory: dir)
+        try await store.insert(room("rm_a", at: 1))
+        try await store.insert(room("rm_b", at: 2))
+        let batch = (1...10).map { seq -> StoredReport in
+            var r = AudienceReport()
+            r.roomId = seq % 2 == 0 ? "rm_a" : "rm_b"
+            r.likes = 1
+            return StoredReport(platformId: "douyin", connectorId: "c1", sequence: UInt64(seq), roomId: r.roomId, receivedAtMs: 5, report: r)
+        }
+        let first = try await store.insertReports(batch)
+        let rows = try await store.pool.read { try Int.fetchOne($0, sql: "SELECT count(*) FROM audience_batches") }
+        XCTAssertEqual(rows, 2, "alternating rooms still make one row per room")
+        let second = try await store.insertReports([batch[0]].map { var r = $0; r.sequence = 11; return r })
+        XCTAssertGreaterThan(second, first)
+        let a = try await store.loadReports(roomId: "rm_a")
+        XCTAssertEqual(a.reports.map(\.sequence).sorted(), [2, 4, 6, 8, 10])
+        XCTAssertEqual(a.mark, second)
+    }
+
+    func testARoomIdReservedForARequestIdIsTheSameOnEveryAttempt() async throws {
+        let id1 = try await SQLiteStore(directory: dir).reserveRoomId(requestId: "req-1", candidate: "rm_first")
+        // As after kill -9 and a restart: a new store, a new candidate, the old answer.
+        let id2 = try await SQLiteStore(directory: dir).reserveRoomId(requestId: "req-1", candidate: "rm_second")
+        let other = try await SQLiteStore(directory: dir).reserveRoomId(requestId: "req-2", candidate: "rm_third")
+        XCTAssertEqual(id1, "rm_first")
+        XCTAssertEqual(id2, "rm_first")
+        XCTAssertEqual(other, "rm_third")
     }
 
     func testKeysAreEncryptedAtRestAndMasterKeyIsPrivate() async throws {

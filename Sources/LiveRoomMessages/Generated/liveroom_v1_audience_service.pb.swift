@@ -171,6 +171,7 @@ public struct PlatformAudience: ProtoMessage {
     public var sales: Money? = nil
     public var reports: Int64 = 0
     public var lastReportAtMs: Int64 = 0
+    public var salesByCurrency: [Money] = []
 
     public static let protoDescriptor = LiveRoomDescriptors.message("liveroom.v1.PlatformAudience")
 
@@ -189,6 +190,7 @@ public struct PlatformAudience: ProtoMessage {
         self.sales = try r.message(9, as: Money.self)
         self.reports = r.int64(10)
         self.lastReportAtMs = r.int64(11)
+        self.salesByCurrency = try r.repeatedMessage(12, as: Money.self)
     }
 
     public func write(to w: inout ProtoWriter) throws {
@@ -204,6 +206,7 @@ public struct PlatformAudience: ProtoMessage {
         try w.message(9, sales)
         if reports != 0 { w.int64(10, reports) }
         if lastReportAtMs != 0 { w.int64(11, lastReportAtMs) }
+        try w.repeatedMessage(12, salesByCurrency)
     }
 }
 
@@ -219,6 +222,7 @@ public struct AudienceMinute: ProtoMessage {
     public var gifts: Int64 = 0
     public var itemsSold: Int64 = 0
     public var sales: Money? = nil
+    public var salesByCurrency: [Money] = []
 
     public static let protoDescriptor = LiveRoomDescriptors.message("liveroom.v1.AudienceMinute")
 
@@ -235,6 +239,7 @@ public struct AudienceMinute: ProtoMessage {
         self.gifts = r.int64(7)
         self.itemsSold = r.int64(8)
         self.sales = try r.message(9, as: Money.self)
+        self.salesByCurrency = try r.repeatedMessage(10, as: Money.self)
     }
 
     public func write(to w: inout ProtoWriter) throws {
@@ -248,6 +253,7 @@ public struct AudienceMinute: ProtoMessage {
         if gifts != 0 { w.int64(7, gifts) }
         if itemsSold != 0 { w.int64(8, itemsSold) }
         try w.message(9, sales)
+        try w.repeatedMessage(10, salesByCurrency)
     }
 }
 

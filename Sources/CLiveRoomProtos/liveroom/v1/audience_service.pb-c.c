@@ -996,7 +996,7 @@ const ProtobufCMessageDescriptor liveroom__v1__viewer_stats__descriptor =
   (ProtobufCMessageInit) liveroom__v1__viewer_stats__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor liveroom__v1__platform_audience__field_descriptors[12] =
+static const ProtobufCFieldDescriptor liveroom__v1__platform_audience__field_descriptors[13] =
 {
   {
     "platform_id",
@@ -1142,6 +1142,18 @@ static const ProtobufCFieldDescriptor liveroom__v1__platform_audience__field_des
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "sales_by_currency",
+    13,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Liveroom__V1__PlatformAudience, n_sales_by_currency),
+    offsetof(Liveroom__V1__PlatformAudience, sales_by_currency),
+    &liveroom__v1__money__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned liveroom__v1__platform_audience__field_indices_by_name[] = {
   4,   /* field[4] = comments */
@@ -1155,12 +1167,13 @@ static const unsigned liveroom__v1__platform_audience__field_indices_by_name[] =
   0,   /* field[0] = platform_id */
   10,   /* field[10] = reports */
   9,   /* field[9] = sales */
+  12,   /* field[12] = sales_by_currency */
   1,   /* field[1] = viewers_online */
 };
 static const ProtobufCIntRange liveroom__v1__platform_audience__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 12 }
+  { 0, 13 }
 };
 const ProtobufCMessageDescriptor liveroom__v1__platform_audience__descriptor =
 {
@@ -1170,14 +1183,14 @@ const ProtobufCMessageDescriptor liveroom__v1__platform_audience__descriptor =
   "Liveroom__V1__PlatformAudience",
   "liveroom.v1",
   sizeof(Liveroom__V1__PlatformAudience),
-  12,
+  13,
   liveroom__v1__platform_audience__field_descriptors,
   liveroom__v1__platform_audience__field_indices_by_name,
   1,  liveroom__v1__platform_audience__number_ranges,
   (ProtobufCMessageInit) liveroom__v1__platform_audience__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor liveroom__v1__audience_minute__field_descriptors[10] =
+static const ProtobufCFieldDescriptor liveroom__v1__audience_minute__field_descriptors[11] =
 {
   {
     "minute_start_ms",
@@ -1299,6 +1312,18 @@ static const ProtobufCFieldDescriptor liveroom__v1__audience_minute__field_descr
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "sales_by_currency",
+    11,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Liveroom__V1__AudienceMinute, n_sales_by_currency),
+    offsetof(Liveroom__V1__AudienceMinute, sales_by_currency),
+    &liveroom__v1__money__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned liveroom__v1__audience_minute__field_indices_by_name[] = {
   4,   /* field[4] = comments */
@@ -1310,12 +1335,13 @@ static const unsigned liveroom__v1__audience_minute__field_indices_by_name[] = {
   3,   /* field[3] = new_viewers */
   1,   /* field[1] = platform_id */
   9,   /* field[9] = sales */
+  10,   /* field[10] = sales_by_currency */
   2,   /* field[2] = viewers_online */
 };
 static const ProtobufCIntRange liveroom__v1__audience_minute__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 10 }
+  { 0, 11 }
 };
 const ProtobufCMessageDescriptor liveroom__v1__audience_minute__descriptor =
 {
@@ -1325,7 +1351,7 @@ const ProtobufCMessageDescriptor liveroom__v1__audience_minute__descriptor =
   "Liveroom__V1__AudienceMinute",
   "liveroom.v1",
   sizeof(Liveroom__V1__AudienceMinute),
-  10,
+  11,
   liveroom__v1__audience_minute__field_descriptors,
   liveroom__v1__audience_minute__field_indices_by_name,
   1,  liveroom__v1__audience_minute__number_ranges,

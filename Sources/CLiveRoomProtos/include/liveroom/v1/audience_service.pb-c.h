@@ -145,13 +145,21 @@ struct  Liveroom__V1__PlatformAudience
   int64_t interactions;
   int64_t gifts;
   int64_t items_sold;
+  /*
+   * set only while every sale was in one currency
+   */
   Liveroom__V1__Money *sales;
   int64_t reports;
   int64_t last_report_at_ms;
+  /*
+   * one total per currency, by currency code
+   */
+  size_t n_sales_by_currency;
+  Liveroom__V1__Money **sales_by_currency;
 };
 #define LIVEROOM__V1__PLATFORM_AUDIENCE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&liveroom__v1__platform_audience__descriptor) \
-    , (char *)protobuf_c_empty_string, 0, 0, 0, 0, 0, 0, 0, 0, NULL, 0, 0 }
+    , (char *)protobuf_c_empty_string, 0, 0, 0, 0, 0, 0, 0, 0, NULL, 0, 0, 0,NULL }
 
 
 struct  Liveroom__V1__AudienceMinute
@@ -169,11 +177,19 @@ struct  Liveroom__V1__AudienceMinute
   int64_t interactions;
   int64_t gifts;
   int64_t items_sold;
+  /*
+   * set only while every sale was in one currency
+   */
   Liveroom__V1__Money *sales;
+  /*
+   * one total per currency, by currency code
+   */
+  size_t n_sales_by_currency;
+  Liveroom__V1__Money **sales_by_currency;
 };
 #define LIVEROOM__V1__AUDIENCE_MINUTE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&liveroom__v1__audience_minute__descriptor) \
-    , 0, (char *)protobuf_c_empty_string, 0, 0, 0, 0, 0, 0, 0, NULL }
+    , 0, (char *)protobuf_c_empty_string, 0, 0, 0, 0, 0, 0, 0, NULL, 0,NULL }
 
 
 struct  Liveroom__V1__GetRoomStatsResponse
