@@ -229,6 +229,10 @@ extension RoomActor {
             throw RoomError(.failedPrecondition, "room \(id) has ended")
         }
         guard !viewerId.isEmpty else { throw RoomError(.invalidArgument, "viewer_id is required") }
+        // Bounded so that a page of viewers always fits in an answer (see `viewerPage`).
+        for (field, value, limit) in [("viewer_id", viewerId, 128), ("name", name, 128), ("phone", phone, 32)] where value.utf8.count > limit {
+            throw RoomError(.invalidArgument, "\(field) is \(value.utf8.count) bytes; at most \(limit)")
+        }
         try await loadStats()
         // Checked again after the suspension: the room may have closed meanwhile, and a viewer
         // added to a closed room would never be told.
@@ -311,11 +315,21 @@ extension RoomActor {
     }
 
     /// Viewers in order of first entry; `offset` and `limit` page through them.
-    public func viewerPage(offset: Int, limit: Int, onlineOnly: Bool) async throws -> (viewers: [ViewerRecord], more: Bool) {
+    /// A page of at most `limit` viewers whose strings add up to at most `maxBytes` (at least
+    /// one viewer per page), so that the answer fits in a frame whatever the viewers are called.
+    public func viewerPage(offset: Int, limit: Int, onlineOnly: Bool, maxBytes: Int = .max) async throws -> (viewers: [ViewerRecord], more: Bool) {
         try await loadStats()
         let all = viewers.values.filter { !onlineOnly || $0.online }
             .sorted { ($0.firstEntryMs, $0.viewerId) < ($1.firstEntryMs, $1.viewerId) }
-        let page = Array(all.dropFirst(offset).prefix(limit))
+        var page: [ViewerRecord] = []
+        var bytes = 0
+        for v in all.dropFirst(offset).prefix(limit) {
+            // Strings plus the fixed fields and tags at their largest.
+            let size = v.viewerId.utf8.count + v.name.utf8.count + v.phone.utf8.count + 64
+            if !page.isEmpty && bytes + size > maxBytes { break }
+            page.append(v)
+            bytes += size
+        }
         return (page, offset + page.count < all.count)
     }
 

@@ -122,6 +122,11 @@ public actor RoomRegistry {
                 undo(connector, platformRoomId: made.platformRoomId, requestId: request.requestId)
                 throw RoomError(.unavailable, "platform \(platform.id) returned no room id or no stream key")
             }
+            for (field, value) in [("platform_room_id", made.platformRoomId), ("push_server", made.pushServer),
+                                   ("stream_key", made.streamKey), ("play_url", made.playUrl)] where value.utf8.count > 1024 {
+                undo(connector, platformRoomId: made.platformRoomId, requestId: request.requestId)
+                throw RoomError(.unavailable, "platform \(platform.id) returned a \(field) of \(value.utf8.count) bytes; at most 1024")
+            }
             record.platformRoomId = made.platformRoomId
             record.pushServer = made.pushServer
             record.streamKey = made.streamKey
@@ -142,7 +147,8 @@ public actor RoomRegistry {
 
     /// Best effort: close what the platform may have made for a create that failed here.
     private nonisolated func undo(_ connector: PlatformClient, platformRoomId: String, requestId: String) {
-        Task { try? await connector.close(platformRoomId: platformRoomId, requestId: requestId) }
+        // Detached: the undo must not inherit the failed call's deadline (or anything else of it).
+        Task.detached { try? await connector.close(platformRoomId: platformRoomId, requestId: requestId) }
     }
 
     /// The room's actor, revived from the store if needed.

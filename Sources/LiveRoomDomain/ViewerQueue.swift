@@ -20,6 +20,9 @@ public final class ViewerQueue: Sendable {
         /// Skips within `window` after which the viewer is disconnected.
         public var maxSkips = 3
         public var windowMs: Int64 = 30_000
+        /// A viewer that takes nothing for this long while media waits for it is disconnected:
+        /// at ordinary bitrates it would otherwise skip every few seconds for ever, counted online.
+        public var maxStallMs: Int64 = 15_000
         public init() {}
     }
 
@@ -31,6 +34,9 @@ public final class ViewerQueue: Sendable {
         var skipping = false
         var skippedChunks: UInt64 = 0
         var skipTimes: [Int64] = []
+        /// Items the consumer has taken, and when a wait for it to take more began.
+        var taken: UInt64 = 0
+        var stall: (taken: UInt64, sinceMs: Int64)?
         var finished: RoomError?? = nil  // .some(nil): ended normally
         /// The consumer: told when items arrive in an empty queue, or it ends.
         var ready: (@Sendable () -> Void)?
@@ -63,6 +69,18 @@ public final class ViewerQueue: Sendable {
         defer { if dropped > 0 { droppedChunks?.increment(by: dropped) } }
         let alive = state.withLock { s -> Bool in
             guard s.finished == nil else { return false }
+            if s.items.isEmpty && !s.skipping {
+                s.stall = nil  // caught up
+            } else if s.stall == nil || s.stall!.taken != s.taken {
+                s.stall = (s.taken, nowMs)
+            } else if nowMs - s.stall!.sinceMs > limits.maxStallMs {
+                let error = RoomError(.resourceExhausted,
+                    "viewer too slow: took nothing for \(limits.maxStallMs / 1000) s; reconnect when the network allows")
+                droppedWith = error
+                notify = s.ready
+                dropped += Self.end(&s, error) + 1
+                return false
+            }
             if s.skipping {
                 guard chunk.keyframe || chunk.header else {
                     s.skippedChunks += 1
@@ -76,19 +94,15 @@ public final class ViewerQueue: Sendable {
                 if s.skipTimes.count > limits.maxSkips {
                     let error = RoomError(.resourceExhausted,
                         "viewer too slow: fell behind \(s.skipTimes.count) times in \(limits.windowMs / 1000) s; reconnect when the network allows")
-                    s.finished = .some(error)
                     droppedWith = error
                     notify = s.ready
-                    dropped += s.items.count + 1
-                    s.items.removeAll()
-                    s.bytes = 0
+                    dropped += Self.end(&s, error) + 1
                     return false
                 }
-                // Drop what is queued and wait for the next keyframe.
-                s.skippedChunks = UInt64(s.items.count)
-                dropped += s.items.count
-                s.items.removeAll()
-                s.bytes = 0
+                // Drop the media queued (events stay) and wait for the next keyframe.
+                let removed = Self.dropChunks(&s)
+                s.skippedChunks += UInt64(removed)
+                dropped += removed
                 guard chunk.keyframe else {
                     s.skipping = true
                     s.skippedChunks += 1
@@ -107,6 +121,8 @@ public final class ViewerQueue: Sendable {
             Self.append(&s, .chunk(chunk))
             return true
         }
+        // A chunk taken directly needs no progress mark: it was offered to an empty queue,
+        // where no stall is counted.
         if let direct, !direct(.chunk(chunk)) {
             // Declined: queue it after all.
             notify = state.withLock { s in
@@ -205,8 +221,28 @@ public final class ViewerQueue: Sendable {
         s.items.append(item)
     }
 
+    /// Removes the queued chunks, keeping events in order; returns how many chunks went.
+    private static func dropChunks(_ s: inout State) -> Int {
+        let before = s.items.count
+        var kept = CircularBuffer<ViewerItem>(initialCapacity: 4)
+        for item in s.items { if case .event = item { kept.append(item) } }
+        s.items = kept
+        s.bytes = 0
+        return before - kept.count
+    }
+
+    /// Ends the queue with `error`, dropping what is queued; returns how many chunks went.
+    private static func end(_ s: inout State, _ error: RoomError) -> Int {
+        s.finished = .some(error)
+        let count = s.items.count
+        s.items.removeAll()
+        s.bytes = 0
+        return count
+    }
+
     private static func pop(_ s: inout State) -> ViewerItem? {
         guard let item = s.items.popFirst() else { return nil }
+        s.taken &+= 1
         if case .chunk(let c) = item { s.bytes -= c.payload.readableBytes }
         return item
     }

@@ -75,6 +75,13 @@ public final class CallContext: Sendable {
     }
 }
 
+/// The deadline of the call a task serves, for work done on the caller's behalf (such as calls
+/// to other servers), which should not outlive it. Set by the server around each handler of
+/// a call that has a deadline.
+public enum CallDeadline {
+    @TaskLocal public static var current: NIODeadline?
+}
+
 /// The part of a call's context that is the same for every call on one connection.
 final class ConnectionShared: Sendable {
     let transport: Transport

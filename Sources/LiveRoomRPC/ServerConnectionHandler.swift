@@ -423,10 +423,15 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         let id = call.id
         // Runs the handler here, on the event loop, until its first suspension: a unary handler
         // that does not wait is answered within this read, with no trip through a scheduler.
+        let deadline = call.context.deadline
         call.task = Task.immediate {
             let result: Result<RPCPayload?, Error>
             do {
-                result = .success(try await handler(serverCall))
+                if let deadline {
+                    result = .success(try await CallDeadline.$current.withValue(deadline) { try await handler(serverCall) })
+                } else {
+                    result = .success(try await handler(serverCall))
+                }
             } catch {
                 result = .failure(error)
             }

@@ -53,6 +53,7 @@ public final class Daemon: Service, Sendable {
         media.publisherIdleTimeoutMs = configuration.publisherIdleTimeoutMs
         media.viewerQueue.skipBytes = configuration.viewerQueueBytes
         media.viewerQueue.maxSkips = configuration.viewerMaxSkips
+        media.viewerQueue.maxStallMs = configuration.viewerMaxStallMs
         rooms = RoomRegistry(store: store, platforms: [builtin] + configuration.platforms, connectors: connectors,
                              builtin: configuration.builtin, clock: clock, media: media, metrics: metrics)
         self.store = store

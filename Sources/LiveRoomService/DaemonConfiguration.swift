@@ -37,6 +37,8 @@ public struct DaemonConfiguration: Sendable, Equatable {
     /// Per-viewer queue: bytes before skipping to the next keyframe, and skips (in 30 s)
     /// before the viewer is disconnected.
     public var viewerQueueBytes = 4 * 1024 * 1024
+    /// A viewer that takes nothing for this long while media waits for it is disconnected.
+    public var viewerMaxStallMs: Int64 = 15_000
     public var viewerMaxSkips = 3
     /// How long writes to a viewer of a live room may wait to go out together; 0 sends each
     /// chunk at once. Meeting rooms always send at once.
@@ -132,6 +134,7 @@ public struct DaemonConfiguration: Sendable, Equatable {
             case "publisher_idle_timeout_ms": publisherIdleTimeoutMs = Int64(try int(200...3_600_000))
             case "viewer_queue_bytes": viewerQueueBytes = try int(16 * 1024...(1024 * 1024 * 1024))
             case "viewer_max_skips": viewerMaxSkips = try int(0...1000)
+            case "viewer_max_stall_ms": viewerMaxStallMs = Int64(try int(1000...600_000))
             case "viewer_merge_ms": viewerMergeMs = try int(0...1000)
             case "tcp":
                 do { tcp = try Self.listener(value, offAllowed: false) } catch { throw fail("tcp: \(error)") }

@@ -114,7 +114,8 @@ public enum AudienceServiceHandlers {
                     offset = o
                 }
                 let room = try await registry.room(request.roomId)
-                let (page, more) = try await room.viewerPage(offset: offset, limit: size, onlineOnly: request.onlineOnly)
+                let (page, more) = try await room.viewerPage(offset: offset, limit: size, onlineOnly: request.onlineOnly,
+                                                             maxBytes: context.maxFrameSize - 1024)
                 var r = ListViewersResponse()
                 let now = registry.now
                 r.viewers = page.map { $0.message(nowMs: now) }

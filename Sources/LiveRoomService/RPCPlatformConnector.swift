@@ -2,6 +2,7 @@ import CoreMetrics
 import LiveRoomDomain
 import LiveRoomMessages
 import LiveRoomRPC
+import NIOCore
 
 /// A platform connector reached over the RPC protocol (`liveroom.v1.PlatformConnector`).
 /// Connects on first use and again after the connection drops.
@@ -53,7 +54,16 @@ public actor RPCPlatformConnector: PlatformClient {
     }
 
     private func attempt<I, O>(_ method: ProtoMethod<I, O>, _ request: I, timeoutMs: Int64? = nil) async throws -> O {
-        let ms = timeoutMs ?? platform.timeoutMs
+        var ms = timeoutMs ?? platform.timeoutMs
+        var callers = ""
+        // The caller's deadline bounds the platform's time too: an answer after it is of no use.
+        if let deadline = CallDeadline.current {
+            let left = max(1, (deadline - .now()).nanoseconds / 1_000_000)
+            if left < ms {
+                ms = left
+                callers = " (what was left of the caller's deadline)"
+            }
+        }
         for attempt in 0..<2 {
             let c = try await connected()
             do {
@@ -61,7 +71,7 @@ public actor RPCPlatformConnector: PlatformClient {
             } catch let status as RPCStatus {
                 switch status.code {
                 case .deadlineExceeded:
-                    throw RoomError(.deadlineExceeded, "platform \(platform.id) did not answer \(method.info.name) within \(ms) ms")
+                    throw RoomError(.deadlineExceeded, "platform \(platform.id) did not answer \(method.info.name) within \(ms) ms\(callers)")
                 case .unavailable where attempt == 0 && !status.message.hasPrefix("platform"):
                     // The connection dropped (connector restarted): reconnect once.
                     await c.close()

@@ -219,6 +219,77 @@ final class AudienceTests: XCTestCase {
         sims.forEach { $0.stop() }
     }
 
+    /// Values at the edges of their types: refused or kept apart, never a crash, and the room's
+    /// stats answer after a restart as before it.
+    func testExtremeValuesAreRefusedAndStatsSurviveARestart() async throws {
+        let (d, sims) = try await start()
+        let admin = try await d.connect(.unix)
+        let room = try await makeRoom(admin, "douyin")
+        let douyin = try await connector(d, sims[0])
+        var huge = report(room, 1)
+        huge.comments = .max
+        var biggest = report(room, 2)
+        (biggest.comments, biggest.likes) = (1_000_000_000_000, 1_000_000_000_000)
+        let hugeSequence = report(room, UInt64(Int64.max) + 1)
+        var dollars = report(room, 3)
+        dollars.sales?.currency = "USD"
+        dollars.sales?.minorUnits = 5
+        let acks = try await send(douyin, [huge, biggest, biggest, hugeSequence, dollars, report(room, 4)])
+        XCTAssertEqual(acks[1]?.code, RPCStatus.Code.invalidArgument.rawValue)
+        XCTAssertTrue(acks[1]?.message.contains("at most 1000000000000") ?? false, acks[1]?.message ?? "")
+        XCTAssertEqual(acks[2]?.code, 0)
+        XCTAssertEqual(acks[UInt64(Int64.max) + 1]?.code, RPCStatus.Code.invalidArgument.rawValue)
+        XCTAssertEqual(acks[3]?.code, 0)
+        XCTAssertEqual(acks[4]?.code, 0)
+        // The refused huge sequence did not poison the connector: ordinary ones go on.
+        let next = try await send(douyin, [report(room, 5)])
+        XCTAssertEqual(next[5]?.code, 0)
+
+        func check(_ s: GetRoomStatsResponse) {
+            let p = s.platforms.first
+            XCTAssertEqual(p?.comments, 1_000_000_000_000 + 3)
+            XCTAssertNil(p?.sales, "two currencies have no single total")
+            XCTAssertEqual(p?.salesByCurrency.map { "\($0.minorUnits) \($0.currency)" }, ["300 CNY", "5 USD"])
+            XCTAssertEqual(s.allPlatforms?.salesByCurrency.count, 2)
+        }
+        check(try await stats(admin, room))
+        d.signal(SIGKILL)
+        _ = try await d.waitForExit()
+        await admin.close()
+        await douyin.close()
+        let restarted = try await DaemonProcess(arguments: ["--config", config.path], directory: dir)
+        let admin2 = try await restarted.connect(.unix)
+        check(try await stats(admin2, room))
+        await admin2.close()
+        try await restarted.stop()
+        sims.forEach { $0.stop() }
+    }
+
+    /// Over TCP, audience reports (single or batched) take the platform's connector token, and
+    /// only that: the admin token is told so.
+    func testConnectorsReportOverTCPWithTheirToken() async throws {
+        let (d, sims) = try await start()
+        let admin = try await d.connect(.unix)
+        let room = try await makeRoom(admin, "douyin")
+        var c = ClientConfiguration()
+        c.defaultMetadata.add("authorization", "Bearer \(sims[0].token)")
+        let overTCP = try await RPCClient.connect(to: d.tcpEndpoint, configuration: c)
+        let batch = try await sendBatches(overTCP, [[report(room, 1), report(room, 2)]])
+        XCTAssertEqual(batch.values.map(\.code), [0, 0])
+        let single = try await send(overTCP, [report(room, 3)])
+        XCTAssertEqual(single[3]?.code, 0)
+
+        let withAdminToken = try await d.connect(.tcp)
+        let call = try await withAdminToken.streaming(AudienceService.reportAudienceBatch)
+        call.halfClose()
+        let refused = try await call.outcome.status
+        XCTAssertEqual(refused.code, .permissionDenied)
+        XCTAssertTrue(refused.message.contains("connector token"), refused.message)
+        for client in [admin, overTCP, withAdminToken] { await client.close() }
+        try await d.stop()
+        sims.forEach { $0.stop() }
+    }
+
     func testPerMinuteBucketsAcrossAMinuteBoundary() async throws {
         let (d, sims) = try await start()
         let admin = try await d.connect(.unix)

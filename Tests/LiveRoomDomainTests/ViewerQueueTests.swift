@@ -38,6 +38,43 @@ final class ViewerQueueTests: XCTestCase {
         XCTAssertEqual(drain(q), ["skipped 5", "5"], "three queued and two new were missed; resumes at the keyframe")
     }
 
+    func testASkipKeepsQueuedEventsAndSkipCountsAddUp() {
+        var limits = ViewerQueue.Limits()
+        limits.skipBytes = 2500
+        let q = ViewerQueue(limits: limits)
+        var started = StreamEvent()
+        started.kind = .started
+        q.offer(event: started)
+        q.offer(chunk(0, keyframe: true), nowMs: 0)
+        q.offer(chunk(1), nowMs: 0)
+        q.offer(chunk(2), nowMs: 0)  // over: 0 and 1 dropped, skipping
+        q.offer(chunk(3, keyframe: true), nowMs: 0)  // resumes: "skipped 3"
+        q.offer(chunk(4), nowMs: 0)
+        q.offer(chunk(5), nowMs: 0)  // over again: 3 and 4 dropped, the queued SKIPPED stays
+        q.offer(chunk(6, keyframe: true), nowMs: 0)
+        XCTAssertEqual(drain(q), ["STREAM_EVENT_KIND_STARTED", "skipped 3", "skipped 3", "6"], "events survive a skip; each skip counts its own chunks")
+    }
+
+    func testAViewerThatTakesNothingWhileMediaWaitsIsDisconnected() {
+        var limits = ViewerQueue.Limits()
+        limits.maxStallMs = 15_000
+        final class Box: Sendable { let e = Mutex<RoomError?>(nil) }
+        let box = Box()
+        let q = ViewerQueue(limits: limits) { error in box.e.withLock { $0 = error } }
+        // A small chunk a second, never near the skip limit: only the stall can end it.
+        for t in 0...14 { XCTAssertTrue(q.offer(chunk(UInt64(t), keyframe: t == 0, size: 10), nowMs: Int64(t) * 1000)) }
+        _ = q.poll()  // it takes one: the wait starts again
+        for t in 15...29 { XCTAssertTrue(q.offer(chunk(UInt64(t), size: 10), nowMs: Int64(t) * 1000)) }
+        XCTAssertFalse(q.offer(chunk(31, size: 10), nowMs: 31_000), "16 s without taking anything")
+        XCTAssertTrue(box.e.withLock { $0 }?.message.contains("took nothing for 15 s") ?? false)
+
+        // A viewer that is caught up is never stalled, however long the stream pauses.
+        let idle = ViewerQueue(limits: limits)
+        XCTAssertTrue(idle.offer(chunk(0, keyframe: true, size: 10), nowMs: 0))
+        _ = idle.poll()
+        XCTAssertTrue(idle.offer(chunk(1, size: 10), nowMs: 600_000))
+    }
+
     func testAViewerThatKeepsFallingBehindIsDisconnected() {
         var limits = ViewerQueue.Limits()
         limits.skipBytes = 1500
