@@ -70,10 +70,9 @@ public struct DynamicCall: Sendable {
 
     private func text(_ payload: RPCPayload, _ pretty: Bool) throws -> String {
         var body = payload.body
-        if let a = payload.attachment, output.fullName == WatchResponse.protoDescriptor.fullName {
-            // Put the media back into the message so the JSON shows it.
-            var m = try MessageCoding.decode(payload, as: WatchResponse.self, code: .internal)
-            m.putAttachment(a)
+        if payload.attachment != nil, output.fullName == WatchResponse.protoDescriptor.fullName {
+            // Decoding puts the media back into the message, so the JSON shows it.
+            let m = try MessageCoding.decode(payload, as: WatchResponse.self, code: .internal)
             body = ByteBuffer()
             try m.serialize(into: &body)
         }

@@ -204,6 +204,7 @@ final class Arena {
 public protocol AttachmentCarrying {
     /// Moves the large field out (leaving it empty); nil when there is nothing to carry.
     mutating func takeAttachment() -> ByteBuffer?
-    /// Puts a received attachment back into the large field.
-    mutating func putAttachment(_ attachment: ByteBuffer)
+    /// Puts a received attachment into the large field. Returns why it cannot (the message has
+    /// no such field set, or the field already holds bytes sent inline), or nil.
+    mutating func putAttachment(_ attachment: ByteBuffer) -> String?
 }

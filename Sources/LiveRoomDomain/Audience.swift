@@ -44,7 +44,7 @@ public protocol AudienceStore: Sendable {
 /// Adds without trapping: a total that would pass `Int64.max` stays there. Reports are bounded
 /// at the edge (`AudienceLimits`), so only a very long stream of maximal reports reaches it.
 @inline(__always)
-func saturating(_ a: Int64, _ b: Int64) -> Int64 {
+public func saturating(_ a: Int64, _ b: Int64) -> Int64 {
     let (sum, overflow) = a.addingReportingOverflow(b)
     return overflow ? (b > 0 ? .max : .min) : sum
 }

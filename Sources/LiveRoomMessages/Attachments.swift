@@ -9,7 +9,11 @@ extension MediaChunk: AttachmentCarrying {
         return payload
     }
 
-    public mutating func putAttachment(_ attachment: ByteBuffer) { payload = attachment }
+    public mutating func putAttachment(_ attachment: ByteBuffer) -> String? {
+        guard payload.readableBytes == 0 else { return "the chunk carries its payload both inline and as an attachment" }
+        payload = attachment
+        return nil
+    }
 }
 
 /// A message whose oneof may hold a media chunk; the chunk's payload is its attachment.
@@ -24,10 +28,11 @@ extension ChunkMessage {
         return a
     }
 
-    public mutating func putAttachment(_ attachment: ByteBuffer) {
-        guard var c = chunk else { return }
-        c.putAttachment(attachment)
+    public mutating func putAttachment(_ attachment: ByteBuffer) -> String? {
+        guard var c = chunk else { return "an attachment came with a message that holds no media chunk" }
+        if let problem = c.putAttachment(attachment) { return problem }
         chunk = c
+        return nil
     }
 }
 

@@ -27,8 +27,13 @@ public enum MessageCoding {
         } catch {
             throw RPCStatus(code, "message is not a valid \(M.protoDescriptor.fullName): \(error)")
         }
-        if let a = payload.attachment, M.carriesAttachment, var carrier = m as? any AttachmentCarrying {
-            carrier.putAttachment(a)
+        if let a = payload.attachment {
+            guard M.carriesAttachment, var carrier = m as? any AttachmentCarrying else {
+                throw RPCStatus(code, "\(M.protoDescriptor.fullName) takes no attachment: send it without the ATTACHMENT flag")
+            }
+            if let problem = carrier.putAttachment(a) {
+                throw RPCStatus(code, "\(M.protoDescriptor.fullName): \(problem)")
+            }
             m = carrier as! M
         }
         return m

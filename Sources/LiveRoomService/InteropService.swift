@@ -21,7 +21,7 @@ public enum InteropService {
             var total = 0
             for try await r in requests { total += r.payload.readableBytes }
             var response = StreamingInputCallResponse()
-            response.aggregatedPayloadSize = Int32(total)
+            response.aggregatedPayloadSize = Int32(clamping: total)
             return response
         }
 

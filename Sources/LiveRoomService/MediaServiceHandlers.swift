@@ -83,6 +83,7 @@ public enum MediaServiceHandlers {
 /// `liveroom.v1.AudienceService`: our own viewers' statistics.
 public enum AudienceServiceHandlers {
     public static func register(_ registry: RoomRegistry, in services: inout ServiceRegistry) {
+        let maxStatsMinutes = 1440
         services.unary(AudienceService.getRoomStats) { request, context in
             context.addLogMetadata("room", request.roomId)
             return try await domain {
@@ -95,9 +96,11 @@ public enum AudienceServiceHandlers {
                 r.platforms = audience.platforms.values.sorted { $0.platformId < $1.platformId }
                 let all = audience.allPlatforms
                 r.allPlatforms = all
-                r.combinedReach = viewers.distinctViewers + all.newViewers
-                r.combinedOnline = viewers.onlineNow + all.viewersOnline
-                r.minutes = audience.minutes.values.sorted { ($0.minuteStartMs, $0.platformId) < ($1.minuteStartMs, $1.platformId) }
+                r.combinedReach = saturating(viewers.distinctViewers, all.newViewers)
+                r.combinedOnline = saturating(viewers.onlineNow, all.viewersOnline)
+                // The latest day per platform: an answer stays the same size however long the room lives.
+                let minutes = audience.minutes.values.sorted { ($0.minuteStartMs, $0.platformId) < ($1.minuteStartMs, $1.platformId) }
+                r.minutes = Array(minutes.suffix(maxStatsMinutes * max(1, r.platforms.count)))
                 return r
             }
         }

@@ -1,3 +1,4 @@
+import LiveRoomMessages
 import NIOCore
 import NIOEmbedded
 import XCTest
@@ -146,5 +147,37 @@ final class FrameCodecTests: XCTestCase {
         let copies = (0..<4).map { _ in RPCPayload(body: ByteBuffer(bytes: [1, 2, 3]), attachment: ByteBuffer(repeating: 9, count: 5000)) }
         for c in copies { XCTAssertNil(shared.frame(c, callID: 1, allocator: allocator)) }
         XCTAssertNil(shared.frame(chunk, callID: 1, allocator: allocator), "forgotten, so asked afresh")
+    }
+
+    func testAnAttachmentWithNowhereToGoIsRefusedNotDropped() throws {
+        let media = ByteBuffer(bytes: [1, 2, 3])
+        // A message type without a media field.
+        XCTAssertThrowsError(try MessageCoding.decode(RPCPayload(body: ByteBuffer(), attachment: media), as: SimpleRequest.self)) { error in
+            XCTAssertEqual((error as? RPCStatus)?.code, .invalidArgument)
+            XCTAssertTrue((error as? RPCStatus)?.message.contains("takes no attachment") ?? false)
+        }
+        // A media-carrying type whose oneof holds no chunk.
+        XCTAssertThrowsError(try MessageCoding.decode(RPCPayload(body: ByteBuffer(), attachment: media), as: WatchResponse.self)) { error in
+            XCTAssertTrue((error as? RPCStatus)?.message.contains("no media chunk") ?? false, "\(error)")
+        }
+        // Media both inline and attached.
+        var chunk = MediaChunk()
+        chunk.payload = ByteBuffer(bytes: [9])
+        var both = WatchResponse()
+        both.message = .chunk(chunk)
+        var body = ByteBuffer()
+        try both.serialize(into: &body)
+        XCTAssertThrowsError(try MessageCoding.decode(RPCPayload(body: body, attachment: media), as: WatchResponse.self)) { error in
+            XCTAssertTrue((error as? RPCStatus)?.message.contains("both inline and as an attachment") ?? false, "\(error)")
+        }
+        // The ordinary case still works.
+        chunk.payload = ByteBuffer()
+        var ok = WatchResponse()
+        ok.message = .chunk(chunk)
+        body.clear()
+        try ok.serialize(into: &body)
+        let decoded = try MessageCoding.decode(RPCPayload(body: body, attachment: media), as: WatchResponse.self)
+        guard case .chunk(let c)? = decoded.message else { return XCTFail("a chunk") }
+        XCTAssertEqual(c.payload, media)
     }
 }
