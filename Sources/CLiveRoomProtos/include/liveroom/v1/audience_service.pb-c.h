@@ -211,6 +211,9 @@ struct  Liveroom__V1__GetRoomStatsResponse
    */
   int64_t combined_reach;
   int64_t combined_online;
+  /*
+   * oldest first; at most the latest 1440 per platform
+   */
   size_t n_minutes;
   Liveroom__V1__AudienceMinute **minutes;
 };
