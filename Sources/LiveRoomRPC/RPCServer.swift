@@ -127,6 +127,8 @@ public final class RPCServer: Service, Sendable {
             }
         } catch {
             for c in channels { try? await c.close() }
+            // A socket file of a listener that is closed again would only mislead.
+            for case .unix(let path) in bound { unlink(path) }
             throw error
         }
         state.withLockedValue {

@@ -126,6 +126,19 @@ public final class Daemon: Service, Sendable {
             logger.warning("TCP is enabled without tcp_token: every call over TCP except Health will be refused")
         }
         let endpoints = try await server.start()
+        do {
+            try await startMedia()
+        } catch {
+            // Nothing half-started is left behind (the Unix socket file above all).
+            rtmp?.stop()
+            metricsServer?.stop()
+            await server.shutdown()
+            throw error
+        }
+        return endpoints
+    }
+
+    private func startMedia() async throws {
         if let rtmp {
             let host = rtmp.host
             let port: Int
@@ -145,7 +158,6 @@ public final class Daemon: Service, Sendable {
                 throw ServerStartError("cannot listen for metrics on \(address): \(error)")
             }
         }
-        return endpoints
     }
 
     public func run() async throws {

@@ -2,6 +2,8 @@ import Foundation
 import LiveRoomDomain
 import LiveRoomRPC
 import Logging
+import NIOCore
+import NIOPosix
 
 /// The daemon's settings: defaults, then the config file, then command-line flags.
 ///
@@ -64,9 +66,12 @@ public struct DaemonConfiguration: Sendable, Equatable {
     public mutating func apply(text: String, name: String) throws {
         var section = ""
         var platformIndex: Int?
-        for (n, rawLine) in text.components(separatedBy: "\n").enumerated() {
+        var sectionLines: [String: Int] = [:]
+        // Files written on Windows end lines with CR LF, which Swift reads as one character.
+        let lines = text.split(omittingEmptySubsequences: false, whereSeparator: { $0 == "\n" || $0 == "\r\n" })
+        for (n, rawLine) in lines.enumerated() {
             let lineNo = n + 1
-            let line = Self.stripComment(rawLine).trimmingCharacters(in: .whitespaces)
+            let line = Self.stripComment(String(rawLine)).trimmingCharacters(in: .whitespaces)
             if line.isEmpty { continue }
             func fail(_ why: String) -> FileError { FileError(description: "\(name):\(lineNo): \(why)") }
             if line.hasPrefix("[") {
@@ -83,6 +88,7 @@ public struct DaemonConfiguration: Sendable, Equatable {
                 guard !platforms.contains(where: { $0.id == id }) else { throw fail("platform \(id) is configured twice") }
                 platforms.append(PlatformSettings(id: id, displayName: id))
                 platformIndex = platforms.count - 1
+                sectionLines[id] = lineNo
                 continue
             }
             guard let eq = line.firstIndex(of: "=") else { throw fail("expected key = value, got \"\(line)\"") }
@@ -155,8 +161,42 @@ public struct DaemonConfiguration: Sendable, Equatable {
             }
         }
         for p in platforms where p.connector.isEmpty {
-            throw FileError(description: "\(name): [platform.\(p.id)] needs connector = \"unix:PATH\" or \"HOST:PORT\"")
+            throw FileError(description: "\(name):\(sectionLines[p.id] ?? 0): [platform.\(p.id)] needs connector = \"unix:PATH\" or \"HOST:PORT\"")
         }
+    }
+
+    /// Checks what the file's syntax cannot: paths that cannot be used and listener addresses
+    /// this machine cannot bind (each host is tried on a free port, so a daemon already running
+    /// on the configured ports does not make the check fail). Every problem is listed.
+    public func checkEnvironment() async -> [String] {
+        var problems: [String] = []
+        if socketPath.isEmpty {
+            problems.append("socket: the path is empty; set socket = PATH (or --socket PATH)")
+        } else {
+            let parent = (socketPath as NSString).deletingLastPathComponent
+            var isDirectory: ObjCBool = false
+            if !parent.isEmpty, !FileManager.default.fileExists(atPath: parent, isDirectory: &isDirectory) || !isDirectory.boolValue {
+                problems.append("socket: the folder \(parent) of \(socketPath) does not exist")
+            }
+        }
+        if dataDir.isEmpty {
+            problems.append("data_dir: the path is empty")
+        } else {
+            var isDirectory: ObjCBool = false
+            if FileManager.default.fileExists(atPath: dataDir, isDirectory: &isDirectory), !isDirectory.boolValue {
+                problems.append("data_dir: \(dataDir) is a file, not a directory")
+            }
+        }
+        for (name, address) in [("tcp", tcp), ("rtmp", rtmp), ("metrics", metrics)] {
+            guard let address, case .tcp(let host, _)? = try? Endpoint.parseTCP(address) else { continue }
+            do {
+                let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton).bind(host: host, port: 0).get()
+                try? await channel.close()
+            } catch {
+                problems.append("\(name): cannot listen on \(host) (\(error)); use an address of this machine, such as 127.0.0.1 or 0.0.0.0")
+            }
+        }
+        return problems
     }
 
     private static func reason(_ error: Error) -> String { (error as? RPCStatus)?.message ?? "\(error)" }

@@ -12,7 +12,10 @@ import LiveRoomMessages
 /// kept beside the database in `master.key` (mode 0600). Keys must be readable again because
 /// the API shows the current key, as an admin list does; hashing would lose that.
 public final class SQLiteStore: RoomStore, ViewerStore, AudienceStore, Sendable {
-    let pool: DatabasePool
+    /// A pool normally; a read-only connection when the data directory cannot be written.
+    let pool: any DatabaseWriter
+    /// Opened read-only: every write fails with UNAVAILABLE, reads are served.
+    public let isReadOnly: Bool
     private let writable = Mutex(true)
     /// The master key's bytes (SymmetricKey itself is not Sendable).
     private let masterKeyBytes: Data
@@ -26,7 +29,15 @@ public final class SQLiteStore: RoomStore, ViewerStore, AudienceStore, Sendable 
     }
 
     public init(directory: String, options: Options = Options()) throws {
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        var isDirectory: ObjCBool = false
+        if FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory), !isDirectory.boolValue {
+            throw RoomError(.invalidArgument, "the data directory \(directory) is a file, not a directory; set data_dir to a directory")
+        }
+        do {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        } catch {
+            throw RoomError(.unavailable, "cannot create the data directory \(directory): \((error as NSError).localizedDescription)")
+        }
         path = (directory as NSString).appendingPathComponent("liveroom.sqlite")
         masterKeyBytes = try Self.loadOrCreateMasterKey(directory)
         var configuration = Configuration()
@@ -37,12 +48,49 @@ public final class SQLiteStore: RoomStore, ViewerStore, AudienceStore, Sendable 
             if let maxPages { try db.execute(sql: "PRAGMA max_page_count = \(maxPages)") }
         }
         do {
-            pool = try DatabasePool(path: path, configuration: configuration)
+            let pool = try DatabasePool(path: path, configuration: configuration)
             try Self.migrator.migrate(pool)
+            self.pool = pool
+            isReadOnly = false
+        } catch let error as DatabaseError where Self.isReadOnlyMedium(error) && FileManager.default.fileExists(atPath: path) {
+            // A data directory on read-only media (or a disk gone read-only) still has rooms to
+            // show: serve reads, refuse writes with a clear reason.
+            do {
+                pool = try Self.openReadOnly(path)
+            } catch {
+                throw RoomError(.unavailable, "cannot open the store at \(path) even read-only: \(error)")
+            }
+            isReadOnly = true
+            writable.withLock { $0 = false }
+            return
+        } catch {
+            throw RoomError(.unavailable, "cannot open the store at \(path): \(error)")
+        }
+        do {
             try backfillKeyDigests()
         } catch {
             throw RoomError(.unavailable, "cannot open the store at \(path): \(error)")
         }
+    }
+
+    private static func isReadOnlyMedium(_ error: DatabaseError) -> Bool {
+        [.SQLITE_READONLY, .SQLITE_CANTOPEN, .SQLITE_PERM, .SQLITE_IOERR].contains(error.resultCode)
+    }
+
+    /// A WAL database can be read without writing only if its -shm file exists; after a clean
+    /// stop it does not, and on read-only media it cannot be made. SQLite's `immutable` mode
+    /// reads the file as it is.
+    private static func openReadOnly(_ path: String) throws -> any DatabaseWriter {
+        var configuration = Configuration()
+        configuration.readonly = true
+        if let pool = try? DatabasePool(path: path, configuration: configuration),
+            (try? pool.read({ try Int.fetchOne($0, sql: "SELECT count(*) FROM rooms") })) != nil
+        {
+            return pool
+        }
+        let queue = try DatabaseQueue(path: "file:\(path)?immutable=1", configuration: configuration)
+        _ = try queue.read { try Int.fetchOne($0, sql: "SELECT count(*) FROM rooms") }
+        return queue
     }
 
     static var migrator: DatabaseMigrator {
@@ -308,6 +356,7 @@ public final class SQLiteStore: RoomStore, ViewerStore, AudienceStore, Sendable 
     }
 
     public func closeOutOnlineViewers() async throws -> Int {
+        if isReadOnly { return 0 }  // nothing can change, and nobody watched while it could not
         return try await write("close out viewers online at the last stop") { db in
                 try db.execute(sql: """
                     UPDATE viewers SET watch_ms = watch_ms + max(0, last_seen_ms - session_started_ms),

@@ -75,6 +75,10 @@ struct LiveRoomd: AsyncParsableCommand {
         }
         settings.enableTestService = enableTestService
         if let token = settings.tcpToken, token.count < 16 { throw ValidationError("the TCP token must be at least 16 characters") }
+        let problems = await settings.checkEnvironment()
+        if !problems.isEmpty {
+            throw ValidationError("configuration \(config ?? "(defaults)"):\n  " + problems.joined(separator: "\n  "))
+        }
         if checkConfig {
             print("liveroomd: configuration \(config ?? "(defaults)") is valid: \(settings.platforms.count) external platform(s)")
             return
@@ -86,7 +90,13 @@ struct LiveRoomd: AsyncParsableCommand {
             return handler
         }
         let logger = Logger(label: "liveroomd")
-        let daemon = try Daemon(configuration: settings, logger: logger)
+        let daemon: Daemon
+        do {
+            daemon = try Daemon(configuration: settings, logger: logger)
+        } catch {
+            FileHandle.standardError.write(Data("liveroomd: \(error)\n".utf8))
+            throw ExitCode(1)
+        }
         do {
             let endpoints = try await daemon.start()
             logger.info("liveroomd ready", metadata: ["endpoints": "\(endpoints.map(\.description).joined(separator: " "))"])
