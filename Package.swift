@@ -113,7 +113,10 @@ let package = Package(
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
-        .executableTarget(name: "liveroom-fuzz", dependencies: ["LiveRoomRPC", "LiveRoomMessages", "LiveRoomRTMP"]),
+        .executableTarget(name: "liveroom-fuzz", dependencies: [
+            "LiveRoomRPC", "LiveRoomMessages", "LiveRoomRTMP", "LiveRoomService", "LiveRoomStore", "LiveRoomDomain",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         .testTarget(name: "LiveRoomCodecTests", dependencies: ["LiveRoomCodec", "LiveRoomMessages"]),
         .testTarget(name: "LiveRoomRPCTests", dependencies: [
             "LiveRoomRPC", "LiveRoomTesting",

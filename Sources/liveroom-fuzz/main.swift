@@ -1,5 +1,6 @@
-// libFuzzer targets: the RPC frame decoder and every message decoder (default), or with
-// LIVEROOM_FUZZ_TARGET=rtmp the RTMP chunk parser, AMF0 decoder and FLV muxer. Built by
+// libFuzzer targets: the RPC frame decoder and every message decoder (default), with
+// LIVEROOM_FUZZ_TARGET=rtmp the RTMP chunk parser, AMF0 decoder and FLV muxer, and with
+// LIVEROOM_FUZZ_TARGET=daemon a whole daemon driven over its sockets (DaemonTarget.swift). Built by
 // tools/fuzz with -sanitize=fuzzer,address; an ordinary build links it as an empty program.
 import Foundation
 import LiveRoomMessages
@@ -10,9 +11,15 @@ import NIOCore
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     let bytes = UnsafeBufferPointer(start: data, count: size)
-    if let target = getenv("LIVEROOM_FUZZ_TARGET"), String(cString: target) == "rtmp" {
-        fuzzRTMP(bytes)
-        return 0
+    if let target = getenv("LIVEROOM_FUZZ_TARGET").map({ String(cString: $0) }) {
+        if target == "rtmp" {
+            fuzzRTMP(bytes)
+            return 0
+        }
+        if target == "daemon" {
+            fuzzDaemon(bytes)
+            return 0
+        }
     }
     // The byte stream as a server reads it, after the preface.
     var buffer = ByteBuffer(bytes: bytes)

@@ -71,6 +71,10 @@ typedef enum {
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(LIVEROOM__V1__STREAM_DATA_REQUEST__MESSAGE__CASE)
 } Liveroom__V1__StreamDataRequest__MessageCase;
 
+/*
+ * ATTACHMENT: when `chunk` is set, its payload may travel as the MESSAGE frame's attachment
+ * (docs/PROTOCOL.md 2.1).
+ */
 struct  Liveroom__V1__StreamDataRequest
 {
   ProtobufCMessage base;
@@ -130,6 +134,10 @@ typedef enum {
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(LIVEROOM__V1__WATCH_RESPONSE__MESSAGE__CASE)
 } Liveroom__V1__WatchResponse__MessageCase;
 
+/*
+ * ATTACHMENT: when `chunk` is set, the daemon sends its payload as the MESSAGE frame's
+ * attachment (docs/PROTOCOL.md 2.1).
+ */
 struct  Liveroom__V1__WatchResponse
 {
   ProtobufCMessage base;

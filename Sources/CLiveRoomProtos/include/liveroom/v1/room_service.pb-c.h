@@ -40,16 +40,28 @@ typedef struct Liveroom__V1__ListPlatformsResponse Liveroom__V1__ListPlatformsRe
 struct  Liveroom__V1__CreateRoomRequest
 {
   ProtobufCMessage base;
+  /*
+   * 1 to 200 characters
+   */
   char *title;
+  /*
+   * required: LIVE or MEETING (UNSPECIFIED is INVALID_ARGUMENT)
+   */
   Liveroom__V1__RoomKind kind;
   /*
    * "self" for the built-in platform
    */
   char *platform_id;
+  /*
+   * UNSPECIFIED: embedded on "self", external elsewhere
+   */
   Liveroom__V1__PlayMode play_mode;
+  /*
+   * at most 128 bytes
+   */
   char *owner_id;
   /*
-   * idempotency: the same request id returns the same room
+   * idempotency: the same request id returns the same room (at most 128 bytes)
    */
   char *request_id;
 };
