@@ -11,6 +11,10 @@ public actor AudienceIngestor {
     struct Connector {
         var seen: Set<UInt64>
         var highest: UInt64
+        /// Admitted and not yet durable, with the sinks of resends that arrived meanwhile: a
+        /// resend is told "already counted" only once its first copy is stored, and is told
+        /// the first copy's failure otherwise.
+        var inFlight: [UInt64: [AckSink]] = [:]
     }
 
     struct Pending {
@@ -27,18 +31,8 @@ public actor AudienceIngestor {
         var connector: String
     }
 
-    private struct ReportKey: Hashable {
-        var platform: String
-        var connector: String
-        var sequence: UInt64
-    }
-
     private var connectors: [ConnectorKey: Connector] = [:]
     private var pending: [Pending] = []
-    /// Admitted reports not yet durable, with the sinks of resends that arrived meanwhile: a
-    /// resend is told "already counted" only once its first copy is stored, and is told the
-    /// first copy's failure otherwise.
-    private var inFlight: [ReportKey: [AckSink]] = [:]
     private var flushScheduled = false
 
     private let metrics: RoomMetrics
@@ -90,9 +84,8 @@ public actor AudienceIngestor {
                 refused.append(Self.ack(seq, .invalidArgument,
                     "sequence \(seq) is more than \(Self.window) ahead of the highest (\(highest)); sequences grow by small steps"))
             case .duplicate:
-                let key = ReportKey(platform: platformId, connector: report.connectorId, sequence: seq)
-                if inFlight[key] != nil {
-                    inFlight[key]!.append(sink)
+                if current!.inFlight[seq] != nil {
+                    current!.inFlight[seq]!.append(sink)
                     continue
                 }
                 metrics.reportsDuplicate.increment()
@@ -100,7 +93,7 @@ public actor AudienceIngestor {
                 a.duplicate = true
                 refused.append(a)
             case .new:
-                inFlight[ReportKey(platform: platformId, connector: report.connectorId, sequence: seq)] = []
+                current!.inFlight[seq] = []
                 let stored = StoredReport(platformId: platformId, connectorId: report.connectorId, sequence: seq, roomId: report.roomId,
                                           receivedAtMs: now, report: report)
                 pending.append(Pending(report: stored, room: room, sink: sink))
@@ -160,11 +153,10 @@ public actor AudienceIngestor {
             metrics.reportsIngested.increment(by: batch.count)
             for (room, reports) in byRoom { await room.applyAudience(reports, mark: mark) }
             var acks = batch.map { p in (p.sink, Self.ok(p.report.sequence, "")) }
-            for p in batch {
-                guard let resends = inFlight.removeValue(forKey: Self.key(p.report)) else { continue }
+            landed(batch) { report, resends in
                 for sink in resends {
                     metrics.reportsDuplicate.increment()
-                    var a = Self.ok(p.report.sequence, "already counted")
+                    var a = Self.ok(report.sequence, "already counted")
                     a.duplicate = true
                     acks.append((sink, a))
                 }
@@ -174,18 +166,31 @@ public actor AudienceIngestor {
             // Not stored: forget the sequences so a resend is taken.
             let why = (error as? RoomError)?.message ?? "\(error)"
             var acks: [(AckSink, AudienceAck)] = []
-            for p in batch {
-                connectors[ConnectorKey(platform: p.report.platformId, connector: p.report.connectorId)]?.seen.remove(p.report.sequence)
-                let refusal = Self.ack(p.report.sequence, .unavailable, why)
-                acks.append((p.sink, refusal))
-                for sink in inFlight.removeValue(forKey: Self.key(p.report)) ?? [] { acks.append((sink, refusal)) }
+            landed(batch, stored: false) { report, resends in
+                let refusal = Self.ack(report.sequence, .unavailable, why)
+                for sink in resends { acks.append((sink, refusal)) }
             }
+            acks.insert(contentsOf: batch.map { ($0.sink, Self.ack($0.report.sequence, .unavailable, why)) }, at: 0)
             Self.deliver(acks)
         }
     }
 
-    private static func key(_ r: StoredReport) -> ReportKey {
-        ReportKey(platform: r.platformId, connector: r.connectorId, sequence: r.sequence)
+    /// Ends the flight of a written batch: each report with the resends that waited on it.
+    /// Not stored: its sequence is forgotten too, so a resend is taken. Runs of one connector
+    /// (the usual case) take its state out once.
+    private func landed(_ batch: [Pending], stored: Bool = true, _ each: (StoredReport, [AckSink]) -> Void) {
+        var i = 0
+        while i < batch.count {
+            let key = ConnectorKey(platform: batch[i].report.platformId, connector: batch[i].report.connectorId)
+            guard var c = connectors.removeValue(forKey: key) else { i += 1; continue }
+            while i < batch.count, batch[i].report.connectorId == key.connector, batch[i].report.platformId == key.platform {
+                let r = batch[i].report
+                if !stored { c.seen.remove(r.sequence) }
+                if let resends = c.inFlight.removeValue(forKey: r.sequence), !resends.isEmpty { each(r, resends) }
+                i += 1
+            }
+            connectors[key] = c
+        }
     }
 
     /// Hands each sink its acknowledgements in one call (runs of the same sink are grouped).

@@ -15,9 +15,9 @@ final class AudienceTests: XCTestCase {
         config = dir.appendingPathComponent("d.conf")
     }
 
-    func start() async throws -> (DaemonProcess, [PlatformSimProcess]) {
+    func start(settings: String = "") async throws -> (DaemonProcess, [PlatformSimProcess]) {
         let sims = [try await PlatformSimProcess(name: "douyin", directory: dir), try await PlatformSimProcess(name: "kuaishou", directory: dir)]
-        try sims.map { $0.configSection() }.joined().write(to: config, atomically: true, encoding: .utf8)
+        try (settings + sims.map { $0.configSection() }.joined()).write(to: config, atomically: true, encoding: .utf8)
         return (try await DaemonProcess(arguments: ["--config", config.path], directory: dir), sims)
     }
 
@@ -208,6 +208,16 @@ final class AudienceTests: XCTestCase {
         XCTAssertEqual(s.platforms.first?.reports, 1, "refused reports change nothing")
         XCTAssertEqual(s.platforms.first?.comments, 1)
 
+        var wrongToken = ClientConfiguration()
+        wrongToken.defaultMetadata.add("authorization", "Bearer not-the-token")
+        let impostor = try await RPCClient.connect(to: d.unixEndpoint, configuration: wrongToken)
+        let refused = try await impostor.streaming(AudienceService.reportAudience)
+        refused.halfClose()
+        let refusal = try await refused.outcome.status
+        XCTAssertEqual(refusal.code, .unauthenticated)
+        XCTAssertTrue(refusal.message.contains("not any platform's connector token"), "a wrong token is not called missing: \(refusal.message)")
+        await impostor.close()
+
         let anonymous = try await connector(d, nil)
         let call = try await anonymous.streaming(AudienceService.reportAudience)
         try? await call.send(report(room, 9))
@@ -262,6 +272,30 @@ final class AudienceTests: XCTestCase {
         check(try await stats(admin2, room))
         await admin2.close()
         try await restarted.stop()
+        sims.forEach { $0.stop() }
+    }
+
+    /// Acks that together exceed the frame size go out in several answers, never one that
+    /// cannot be sent (the stream would go silent).
+    func testAcksThatDoNotFitOneFrameAreSplit() async throws {
+        let (d, sims) = try await start(settings: "max_frame_size = 1024\n")
+        let admin = try await d.connect(.unix)
+        let room = try await makeRoom(admin, "douyin")
+        let douyin = try await connector(d, sims[0])
+        // Refused reports carry long messages: 20 of them are far more than 1 KiB of acks.
+        let bad = (1...20).map { seq -> AudienceReport in
+            var r = report(room, UInt64(seq))
+            r.sales?.currency = "not-a-currency"
+            return r
+        }
+        // Batches small enough for the 1 KiB frames the daemon takes.
+        let acks = try await sendBatches(douyin, [Array(bad[0..<10]), Array(bad[10..<20])] + stride(from: 21, to: 41, by: 5).map { first in
+            (first..<first + 5).map { report(room, UInt64($0)) }
+        })
+        XCTAssertEqual(acks.count, 40)
+        XCTAssertEqual(acks.values.filter { $0.code == 0 }.count, 20)
+        for c in [admin, douyin] { await c.close() }
+        try await d.stop()
         sims.forEach { $0.stop() }
     }
 
