@@ -86,7 +86,7 @@ func fuzzDaemon(_ bytes: UnsafeBufferPointer<UInt8>) {
     var reading = true
     while let op = program.next() {
         if reading { connection.drain() }
-        switch op % 12 {
+        switch op % 14 {
         case 0: connection.send(program.take(Int(program.byte())))  // raw bytes
         case 1: connection.send(writer.headers(method: Int(program.byte()), timeout: program.byte(), end: program.byte() & 1 == 1))
         case 2: connection.send(writer.message(program: &program, end: program.byte() & 1 == 1))
@@ -101,13 +101,26 @@ func fuzzDaemon(_ bytes: UnsafeBufferPointer<UInt8>) {
         case 8: for _ in 0..<Int(program.byte() % 64) { connection.send(writer.frame(.ping, call: 0, payload: ByteBuffer(bytes: [1, 2, 3, 4, 5, 6, 7, 8]))) }
         case 9: connection.send(writer.headers(method: Int(program.byte()), timeout: 0, end: false, bogusId: program.u32()))
         case 10: usleep(UInt32(program.byte()) * 100)
+        case 12:
+            // A whole report stream: the way real connectors talk, so that reports with edge
+            // values are counted and summed often.
+            let batched = program.byte() & 1 == 1
+            connection.send(writer.headers(method: FrameWriter.index(of: batched ? AudienceService.reportAudienceBatch.info
+                                                                    : AudienceService.reportAudience.info), timeout: 0, end: false))
+            for _ in 0..<(1 + Int(program.byte() % 8)) {
+                connection.send(writer.message(program: &program, end: false, call: writer.open.count - 1))
+            }
+            connection.send(writer.frame(.end, call: writer.open.last!.id))
+        case 13:
+            connection.send(writer.headers(method: FrameWriter.index(of: AudienceService.getRoomStats.info), timeout: 0, end: false))
+            connection.send(writer.message(program: &program, end: true, call: writer.open.count - 1))
         default: connection.send(writer.message(program: &program, end: false, attachment: program.take(Int(program.byte()))))
         }
     }
     if reading { connection.drain() }
     connection.close()
-    guard healthAnswers(daemon.socket) else {
-        fatalError("the daemon did not answer Health within 5 s after this input")
+    if let problem = healthProblem(daemon.socket) {
+        fatalError("after this input: \(problem)")
     }
 }
 
@@ -148,7 +161,9 @@ struct FrameWriter {
     let daemon: FuzzedDaemon
     var nextCall: UInt32 = 1
     var open: [(id: UInt32, method: MethodInfo)] = []
-    var sequence: UInt64 = 1
+    /// Sequences go on across inputs, as a connector's do across connections: a fresh
+    /// sequence is new to the daemon, so reports keep being counted run after run.
+    static let sequence = Atomic<UInt64>(1)
 
     init(withToken: Bool, daemon: FuzzedDaemon) {
         self.withToken = withToken
@@ -156,6 +171,7 @@ struct FrameWriter {
     }
 
     static let methods = AllServices.methods.filter { !$0.service.hasSuffix("PlatformConnector") }
+    static func index(of method: MethodInfo) -> Int { methods.firstIndex(of: method)! }
 
     func callId(_ pick: UInt8) -> UInt32 {
         open.isEmpty ? UInt32(pick) : open[Int(pick) % open.count].id
@@ -163,7 +179,7 @@ struct FrameWriter {
 
     func frame(_ type: FrameType, flags: FrameFlags = [], call: UInt32, payload: ByteBuffer = ByteBuffer()) -> [UInt8] {
         var b = ByteBuffer()
-        b.writeInteger(UInt32(payload.readableBytes))
+        b.writeInteger(UInt32(6 + payload.readableBytes))  // the length counts type, flags and call id
         b.writeInteger(type.rawValue)
         b.writeInteger(flags.rawValue)
         b.writeInteger(call)
@@ -193,9 +209,9 @@ struct FrameWriter {
 
     /// A request for an open call: the right type for its method, addressed to the seeded room,
     /// with values picked from the edges of their types.
-    mutating func message(program p: inout Program, end: Bool, attachment: [UInt8]? = nil) -> [UInt8] {
+    mutating func message(program p: inout Program, end: Bool, attachment: [UInt8]? = nil, call: Int? = nil) -> [UInt8] {
         guard !open.isEmpty else { return [] }
-        let (id, method) = open[Int(p.byte()) % open.count]
+        let (id, method) = open[call ?? Int(p.byte()) % open.count]
         var body = ByteBuffer()
         let room = p.byte() % 8 == 0 ? "rm_missing" : daemon.roomId
         switch method.inputType {
@@ -261,20 +277,27 @@ struct FrameWriter {
         var r = AudienceReport()
         r.connectorId = "c\(p.byte() % 3)"
         // Mostly fresh sequences, sometimes repeats and values at the edges.
-        switch p.byte() % 4 {
+        switch p.byte() % 8 {
         case 0: r.sequence = UInt64(bitPattern: p.extreme())
-        case 1: r.sequence = max(1, sequence - 1)
-        default:
-            r.sequence = sequence
-            sequence += 1
+        case 1: r.sequence = max(1, Self.sequence.load(ordering: .relaxed) - 1)  // a resend
+        default: r.sequence = Self.sequence.wrappingAdd(1, ordering: .relaxed).oldValue
         }
         r.roomId = room
-        r.reportedAtMs = p.extreme()
-        (r.viewersOnline, r.newViewers, r.comments, r.likes) = (p.extreme(), p.extreme(), p.extreme(), p.extreme())
-        (r.interactions, r.gifts, r.itemsSold) = (p.extreme(), p.extreme(), p.extreme())
-        if p.byte() % 2 == 0 {
+        // Ordinary counts, with one field (or, now and then, every field) at an edge: reports
+        // must mostly be accepted for totals to build up across runs.
+        var counts = (0..<9).map { _ in Int64(p.byte() % 10) }
+        let pick = p.byte()
+        if pick == 255 {
+            counts = counts.map { _ in p.extreme() }
+        } else {
+            counts[Int(pick) % counts.count] = p.extreme()
+        }
+        r.reportedAtMs = p.byte() % 4 == 0 ? p.extreme() : 0
+        (r.viewersOnline, r.newViewers, r.comments, r.likes) = (counts[0], counts[1], counts[2], counts[3])
+        (r.interactions, r.gifts, r.itemsSold) = (counts[4], counts[5], counts[6])
+        if counts[7] % 2 == 0 {
             var m = Money()
-            m.minorUnits = p.extreme()
+            m.minorUnits = counts[8]
             m.currency = ["CNY", "USD", "", "cny"][Int(p.byte()) % 4]
             r.sales = m
         }
@@ -349,26 +372,35 @@ final class RawSocket {
     }
 }
 
-/// A Health/Check on a fresh connection gets its STATUS within 5 s.
-func healthAnswers(_ socket: String) -> Bool {
-    guard let c = RawSocket(unix: socket, tcpPort: nil) else { return false }
+/// A Health/Check and the seeded room's GetRoomStats (which sums every report counted so far)
+/// on a fresh connection both get their STATUS within 5 s.
+func healthProblem(_ socket: String) -> String? {
+    guard let c = RawSocket(unix: socket, tcpPort: nil) else { return "cannot connect to the daemon" }
     defer { c.close() }
     var header = CallHeader()
     header.method = Health.check.info.path
+    var statsHeader = CallHeader()
+    statsHeader.method = AudienceService.getRoomStats.info.path
+    var stats = GetRoomStatsRequest()
+    stats.roomId = FuzzedDaemon.shared.roomId
     let writer = FrameWriter(withToken: false, daemon: FuzzedDaemon.shared)
     c.send(Frame.preface + writer.frame(.headers, call: 1, payload: ByteBuffer(bytes: (try? header.serializedBytes()) ?? []))
-        + writer.frame(.message, flags: .endStream, call: 1))
+        + writer.frame(.message, flags: .endStream, call: 1)
+        + writer.frame(.headers, call: 2, payload: ByteBuffer(bytes: (try? statsHeader.serializedBytes()) ?? []))
+        + writer.frame(.message, flags: .endStream, call: 2, payload: ByteBuffer(bytes: (try? stats.serializedBytes()) ?? [])))
     var received: [UInt8] = []
     let deadline = Date().addingTimeInterval(5)
     while Date() < deadline {
-        // A STATUS frame for call 1: type 4 at offset 4 of some frame header.
+        // Two STATUS frames: type 4 at offset 4 of a frame header.
         var at = 0
+        var statuses = 0
         while at + 10 <= received.count {
             let length = Int(received[at]) << 24 | Int(received[at + 1]) << 16 | Int(received[at + 2]) << 8 | Int(received[at + 3])
-            if received[at + 4] == FrameType.status.rawValue { return true }
-            at += 10 + length
+            if received[at + 4] == FrameType.status.rawValue { statuses += 1 }
+            at += 4 + length
         }
+        if statuses >= 2 { return nil }
         _ = c.read(into: &received, ms: 100)
     }
-    return false
+    return "Health and GetRoomStats were not both answered within 5 s (\(received.count) bytes received: \(received.prefix(64)))"
 }
