@@ -170,14 +170,9 @@ public struct DaemonConfiguration: Sendable, Equatable {
     /// on the configured ports does not make the check fail). Every problem is listed.
     public func checkEnvironment() async -> [String] {
         var problems: [String] = []
+        // The socket's folder may rightly not exist yet (systemd makes RuntimeDirectory at start).
         if socketPath.isEmpty {
             problems.append("socket: the path is empty; set socket = PATH (or --socket PATH)")
-        } else {
-            let parent = (socketPath as NSString).deletingLastPathComponent
-            var isDirectory: ObjCBool = false
-            if !parent.isEmpty, !FileManager.default.fileExists(atPath: parent, isDirectory: &isDirectory) || !isDirectory.boolValue {
-                problems.append("socket: the folder \(parent) of \(socketPath) does not exist")
-            }
         }
         if dataDir.isEmpty {
             problems.append("data_dir: the path is empty")
