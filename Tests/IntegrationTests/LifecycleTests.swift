@@ -90,6 +90,36 @@ final class LifecycleTests: XCTestCase {
         await client.close()
     }
 
+    /// `--check-config` finds what would fail at start, in plain words, and takes CRLF files.
+    func testCheckConfigCatchesWhatWouldFailAtStart() throws {
+        func check(_ text: String, _ extra: [String] = []) throws -> (Int32, String) {
+            let config = FileManager.default.temporaryDirectory.appendingPathComponent("check-\(UUID()).conf")
+            try text.write(to: config, atomically: true, encoding: .utf8)
+            let p = Process()
+            p.executableURL = DaemonProcess.binDirectory.appendingPathComponent("liveroomd")
+            p.arguments = ["--config", config.path, "--check-config"] + extra
+            let out = Pipe()
+            p.standardOutput = out
+            p.standardError = out
+            try p.run()
+            let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            p.waitUntilExit()
+            return (p.terminationStatus, text)
+        }
+        var (status, text) = try check("log_level = info\r\nrtmp = 127.0.0.1:1935\r\n")
+        XCTAssertEqual(status, 0, "CRLF lines are lines: \(text)")
+        (status, text) = try check("rtmp = 192.0.2.77:1935\n")
+        XCTAssertNotEqual(status, 0)
+        XCTAssertTrue(text.contains("rtmp: cannot listen on 192.0.2.77"), text)
+        (status, text) = try check("log_level = info\n\n[platform.x]\ntoken = \"abcdefabcdefabcdef\"\n")
+        XCTAssertTrue(text.contains(":3: [platform.x] needs connector"), "the section's line: \(text)")
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("not-a-dir-\(UUID())")
+        try Data().write(to: file)
+        (status, text) = try check("", ["--socket", "", "--data-dir", file.path])
+        XCTAssertTrue(text.contains("socket: the path is empty"), text)
+        XCTAssertTrue(text.contains("is a file, not a directory"), text)
+    }
+
     func testBadConfigStopsTheDaemonNamingTheLine() async throws {
         let config = FileManager.default.temporaryDirectory.appendingPathComponent("bad-\(UUID()).conf")
         try "# ok\nsocket = \"/tmp/x.sock\"\nmax_frame_sise = 10\n".write(to: config, atomically: true, encoding: .utf8)
