@@ -68,6 +68,55 @@ final class UntrustedCount: Sendable {
     func leave() { count.wrappingSubtract(1, ordering: .relaxed) }
 }
 
+/// The server's connections, so that a shutdown can drain them while the listeners stay open:
+/// a connection made during the drain gets a GOAWAY that says why, instead of being refused by
+/// the operating system (NIOExtras' `ServerQuiescingHelper` closes the listeners first).
+final class ConnectionTracker: Sendable {
+    private struct State {
+        var open: [ObjectIdentifier: Channel] = [:]
+        var draining = false
+        var drained: EventLoopPromise<Void>?
+    }
+
+    private let state = NIOLockedValueBox(State())
+
+    /// Tracks `channel` until it closes; false (and not tracked) once a drain has begun.
+    func admit(_ channel: Channel) -> Bool {
+        let admitted = state.withLockedValue { s -> Bool in
+            guard !s.draining else { return false }
+            s.open[ObjectIdentifier(channel)] = channel
+            return true
+        }
+        guard admitted else { return false }
+        let id = ObjectIdentifier(channel)
+        channel.closeFuture.whenComplete { [state] _ in
+            let done = state.withLockedValue { s -> EventLoopPromise<Void>? in
+                s.open[id] = nil
+                guard s.draining, s.open.isEmpty, let p = s.drained else { return nil }
+                s.drained = nil
+                return p
+            }
+            done?.succeed()
+        }
+        return true
+    }
+
+    /// Tells every open connection to drain (`ChannelShouldQuiesceEvent`); `promise` succeeds
+    /// once all of them have closed.
+    func drain(_ promise: EventLoopPromise<Void>) {
+        let channels = state.withLockedValue { s -> [Channel] in
+            s.draining = true
+            if !s.open.isEmpty { s.drained = promise }
+            return Array(s.open.values)
+        }
+        if channels.isEmpty {
+            promise.succeed()
+            return
+        }
+        for c in channels { c.pipeline.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent()) }
+    }
+}
+
 /// Why a server could not start.
 public struct ServerStartError: Error, CustomStringConvertible, Sendable {
     public var description: String
@@ -83,11 +132,10 @@ public final class RPCServer: Service, Sendable {
     private let logger: Logger
     private let state = NIOLockedValueBox<State>(State())
     private let untrustedCount: UntrustedCount
+    private let connections = ConnectionTracker()
 
     private struct State {
         var channels: [Channel] = []
-        /// One per listener: a quiescing helper tracks a single server channel.
-        var quiescers: [ServerQuiescingHelper] = []
         var bound: [Endpoint] = []
         var started = false
         var shutdownFuture: EventLoopFuture<Void>?
@@ -110,13 +158,10 @@ public final class RPCServer: Service, Sendable {
     public func start() async throws -> [Endpoint] {
         if state.withLockedValue({ $0.started }) { return boundEndpoints }
         var channels: [Channel] = []
-        var quiescers: [ServerQuiescingHelper] = []
         var bound: [Endpoint] = []
         do {
             for endpoint in configuration.listen {
-                let quiesce = ServerQuiescingHelper(group: group)
-                let channel = try await bind(endpoint, quiesce)
-                quiescers.append(quiesce)
+                let channel = try await bind(endpoint)
                 channels.append(channel)
                 if case .tcp(let host, _) = endpoint, let port = channel.localAddress?.port {
                     bound.append(.tcp(host: host, port: port))
@@ -133,7 +178,6 @@ public final class RPCServer: Service, Sendable {
         }
         state.withLockedValue {
             $0.channels = channels
-            $0.quiescers = quiescers
             $0.bound = bound
             $0.started = true
         }
@@ -160,17 +204,22 @@ public final class RPCServer: Service, Sendable {
         await waitForShutdown()
     }
 
+    /// Connections drain (GOAWAY, calls finish within the grace period); connections made
+    /// meanwhile are sent GOAWAY at once; the listeners close when every connection has.
     private func initiateShutdown() {
         let loop = group.any()
-        let quiescers = state.withLockedValue { s -> [ServerQuiescingHelper]? in
+        let listeners = state.withLockedValue { s -> [Channel]? in
             guard s.shutdownFuture == nil else { return nil }
-            let promises = s.quiescers.map { _ in loop.makePromise(of: Void.self) }
-            for (q, p) in zip(s.quiescers, promises) { q.initiateShutdown(promise: p) }
-            s.shutdownFuture = EventLoopFuture.andAllComplete(promises.map(\.futureResult), on: loop)
-            return s.quiescers
+            let drained = loop.makePromise(of: Void.self)
+            let channels = s.channels
+            s.shutdownFuture = drained.futureResult.flatMap {
+                EventLoopFuture.andAllComplete(channels.map { $0.close() }, on: loop)
+            }
+            connections.drain(drained)
+            return channels
         }
-        guard let quiescers else { return }
-        logger.info("shutting down: draining calls in flight", metadata: ["listeners": "\(quiescers.count)"])
+        guard let listeners else { return }
+        logger.info("shutting down: draining calls in flight", metadata: ["listeners": "\(listeners.count)"])
         for case .unix(let path) in configuration.listen {
             state.withLockedValue { $0.shutdownFuture }?.whenComplete { _ in unlink(path) }
         }
@@ -180,11 +229,12 @@ public final class RPCServer: Service, Sendable {
         if let f = state.withLockedValue({ $0.shutdownFuture }) { try? await f.get() }
     }
 
-    private func bind(_ endpoint: Endpoint, _ quiesce: ServerQuiescingHelper) async throws -> Channel {
+    private func bind(_ endpoint: Endpoint) async throws -> Channel {
         let configuration = self.configuration
         let registry = self.registry
         let logger = self.logger
         let untrustedCount = self.untrustedCount
+        let connections = self.connections
         let transport: Transport
         if case .unix = endpoint { transport = .unix } else { transport = .tcp }
         var bootstrap = ServerBootstrap(group: group)
@@ -194,7 +244,6 @@ public final class RPCServer: Service, Sendable {
                 channel.eventLoop.makeCompletedFuture {
                     // At the file-descriptor limit, accepting again at once would spin a core.
                     try channel.pipeline.syncOperations.addHandler(AcceptBackoffHandler(shouldForwardIOErrorCaught: false))
-                    try channel.pipeline.syncOperations.addHandler(quiesce.makeServerChannelHandler(channel: channel))
                 }
             }
             .childChannelInitializer { channel in
@@ -208,10 +257,11 @@ public final class RPCServer: Service, Sendable {
                     // A peer that does not read is not read from either: what is written to it stays bounded.
                     try channel.pipeline.syncOperations.addHandler(BackPressureHandler())
                     let untrusted = transport == .tcp && configuration.authenticate != nil ? untrustedCount : nil
-                    try channel.pipeline.syncOperations.addHandler(
-                        ServerConnectionHandler(registry: registry, limits: limits, transport: transport,
-                                                authenticate: configuration.authenticate, untrusted: untrusted,
-                                                metrics: configuration.metrics, logger: logger))
+                    let handler = ServerConnectionHandler(registry: registry, limits: limits, transport: transport,
+                                                          authenticate: configuration.authenticate, untrusted: untrusted,
+                                                          metrics: configuration.metrics, logger: logger)
+                    if !connections.admit(channel) { handler.refuseAsShuttingDown() }
+                    try channel.pipeline.syncOperations.addHandler(handler)
                 }
             }
             .childChannelOption(.allowRemoteHalfClosure, value: false)

@@ -70,6 +70,8 @@ final class ServerConnectionHandler: ChannelInboundHandler {
     private var untrustedCount: UntrustedCount?
     private var trusted: Bool { untrustedCount == nil }
     private var idleTimer: Scheduled<Void>?
+    /// Set when the connection is to be sent a GOAWAY and closed as soon as it is active.
+    private var refusal: (code: RPCStatus.Code, message: String)?
     private var stallTimer: Scheduled<Void>?
     private let metrics: RPCMetrics?
     private var logger: Logger
@@ -129,18 +131,37 @@ final class ServerConnectionHandler: ChannelInboundHandler {
         logger[metadataKey: "peer"] = "\(peer)"
         shared = ConnectionShared(transport: transport, peer: peer, logger: logger, maxFrameSize: limits.maxFrameSize,
                                   connection: NIOLoopBound(self, eventLoop: context.eventLoop))
-        if let untrustedCount {
+        if refusal == nil, let untrustedCount {
             guard untrustedCount.enter() else {
                 self.untrustedCount = nil  // holds no place
                 logger.info("closing: too many connections without credentials (limit \(untrustedCount.limit))")
-                writeGoAway(code: .resourceExhausted,
-                            "too many connections without credentials (limit \(untrustedCount.limit)); present a token or retry later")
-                closed = true
-                context.close(promise: nil)
+                refusal = (.resourceExhausted,
+                           "too many connections without credentials (limit \(untrustedCount.limit)); present a token or retry later")
+                if context.channel.isActive { refuseNow() }
                 return
             }
             armIdleTimer()
+        } else if refusal != nil {
+            untrustedCount = nil
+            if context.channel.isActive { refuseNow() }
         }
+    }
+
+    /// A connection made while the server drains: it is told so, then closed.
+    func refuseAsShuttingDown() {
+        refusal = (.unavailable, "server is shutting down; connect again later (or to another instance)")
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        if refusal != nil { refuseNow() }
+        context.fireChannelActive()
+    }
+
+    private func refuseNow() {
+        guard let (code, message) = refusal, !closed else { return }
+        writeGoAway(code: code, message)
+        closed = true
+        context?.close(promise: nil)
     }
 
     /// The connection is now trusted: its untrusted place is given back and no idle timer runs.

@@ -52,6 +52,15 @@ final class LifecycleTests: XCTestCase {
         daemon.signal(SIGTERM)
         let second = try await statuses.next()
         XCTAssertEqual(second?.status, .notServing)
+        // A connection made during the drain is told why it cannot be served.
+        let late = try await RawConnection.connect(daemon.unixEndpoint)
+        let (received, closed) = try await late.exchange(Frame.preface)
+        let frames = RawFrames.parse(received)
+        XCTAssertEqual(frames.map(\.type), [FrameType.goAway.rawValue])
+        let goAway = try GoAway(serializedBytes: frames.first?.payload ?? [])
+        XCTAssertEqual(goAway.code, RPCStatus.Code.unavailable.rawValue)
+        XCTAssertTrue(goAway.message.contains("shutting down"), goAway.message)
+        XCTAssertTrue(closed)
         // The call in flight completes normally.
         let response = try await inFlight.value
         XCTAssertEqual(response.payload.readableBytes, 3)

@@ -216,9 +216,11 @@ final class ServerConnectionHandlerTests: XCTestCase {
         func make() -> EmbeddedChannel {
             var logger = Logger(label: "test")
             logger.logLevel = .critical
-            return EmbeddedChannel(handler: ServerConnectionHandler(
+            let channel = EmbeddedChannel(handler: ServerConnectionHandler(
                 registry: ServiceRegistry(), limits: .init(maxFrameSize: 1 << 20, maxConcurrentCalls: 8, gracePeriod: .seconds(1)),
                 transport: .tcp, authenticate: { _ in .open }, untrusted: count, logger: logger))
+            _ = try? channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
+            return channel
         }
         let first = make()
         XCTAssertEqual(try written(first).map(\.type), [])
@@ -227,6 +229,24 @@ final class ServerConnectionHandlerTests: XCTestCase {
         _ = try first.finish()
         let third = make()
         XCTAssertEqual(try written(third).map(\.type), [], "a closed connection gives its place back")
+    }
+
+    func testAConnectionMadeWhileTheServerDrainsIsToldSoAndClosed() throws {
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        let handler = ServerConnectionHandler(
+            registry: ServiceRegistry(), limits: .init(maxFrameSize: 1 << 20, maxConcurrentCalls: 8, gracePeriod: .seconds(1)),
+            transport: .unix, authenticate: nil, logger: logger)
+        handler.refuseAsShuttingDown()
+        let channel = EmbeddedChannel(handler: handler)
+        XCTAssertEqual(try written(channel).count, 0, "nothing before the connection is active")
+        _ = try? channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
+        let frames = try written(channel)
+        XCTAssertEqual(frames.map(\.type), [.goAway])
+        let goAway = try GoAway(buffer: frames[0].payload)
+        XCTAssertEqual(goAway.code, RPCStatus.Code.unavailable.rawValue)
+        XCTAssertTrue(goAway.message.contains("shutting down"), goAway.message)
+        XCTAssertFalse(channel.isActive)
     }
 
     func testStatusesQuoteAtMostAFewKilobytesOfClientInput() throws {
