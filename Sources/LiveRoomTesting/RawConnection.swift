@@ -20,11 +20,11 @@ public struct RawConnection: Sendable {
         }
     }
 
-    /// Writes `bytes`, then reads until the peer closes or `timeout` passes.
-    /// Returns what was read and whether the peer closed the connection.
+    /// Writes `bytes` (nothing when empty: only reads), then reads until the peer closes or
+    /// `timeout` passes. Returns what was read and whether the peer closed the connection.
     public func exchange(_ bytes: [UInt8], timeout: Duration = .seconds(5)) async throws -> (received: [UInt8], closed: Bool) {
         try await channel.executeThenClose { inbound, outbound in
-            try await outbound.write(ByteBuffer(bytes: bytes))
+            if !bytes.isEmpty { try await outbound.write(ByteBuffer(bytes: bytes)) }
             let got = NIOLockedValueBox<[UInt8]>([])
             let closed = try await withThrowingTaskGroup(of: Bool.self) { group in
                 group.addTask {
