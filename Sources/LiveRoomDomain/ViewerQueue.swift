@@ -68,18 +68,21 @@ public final class ViewerQueue: Sendable {
         var dropped = 0
         defer { if dropped > 0 { droppedChunks?.increment(by: dropped) } }
         let alive = state.withLock { s -> Bool in
+            /// Ends the queue for a viewer too slow to keep: drops what is queued, tells the call.
+            func disconnect(_ why: String) -> Bool {
+                let error = RoomError(.resourceExhausted, "viewer too slow: \(why); reconnect when the network allows")
+                droppedWith = error
+                notify = s.ready
+                dropped += Self.end(&s, error) + 1
+                return false
+            }
             guard s.finished == nil else { return false }
             if s.items.isEmpty && !s.skipping {
                 s.stall = nil  // caught up
             } else if s.stall == nil || s.stall!.taken != s.taken {
                 s.stall = (s.taken, nowMs)
             } else if nowMs - s.stall!.sinceMs > limits.maxStallMs {
-                let error = RoomError(.resourceExhausted,
-                    "viewer too slow: took nothing for \(limits.maxStallMs / 1000) s; reconnect when the network allows")
-                droppedWith = error
-                notify = s.ready
-                dropped += Self.end(&s, error) + 1
-                return false
+                return disconnect("took nothing for \(limits.maxStallMs / 1000) s")
             }
             if s.skipping {
                 guard chunk.keyframe || chunk.header else {
@@ -92,12 +95,7 @@ public final class ViewerQueue: Sendable {
             } else if s.bytes + chunk.payload.readableBytes > limits.skipBytes && !chunk.header {
                 s.skipTimes = s.skipTimes.filter { nowMs - $0 < limits.windowMs } + [nowMs]
                 if s.skipTimes.count > limits.maxSkips {
-                    let error = RoomError(.resourceExhausted,
-                        "viewer too slow: fell behind \(s.skipTimes.count) times in \(limits.windowMs / 1000) s; reconnect when the network allows")
-                    droppedWith = error
-                    notify = s.ready
-                    dropped += Self.end(&s, error) + 1
-                    return false
+                    return disconnect("fell behind \(s.skipTimes.count) times in \(limits.windowMs / 1000) s")
                 }
                 // Drop the media queued (events stay) and wait for the next keyframe.
                 let removed = Self.dropChunks(&s)

@@ -68,6 +68,21 @@ public final class DaemonProcess: @unchecked Sendable {
     /// Everything the daemon has logged so far.
     public func log_() -> String { (try? String(contentsOf: logURL, encoding: .utf8)) ?? "" }
 
+    /// Runs a program (by default liveroomd, with `--check-config` and the like) to its end:
+    /// its exit status and everything it printed, standard output and error together.
+    public static func runToExit(_ arguments: [String], executable: String? = nil) throws -> (status: Int32, output: String) {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: executable ?? binDirectory.appendingPathComponent("liveroomd").path)
+        p.arguments = arguments
+        let out = Pipe()
+        p.standardOutput = out
+        p.standardError = out
+        try p.run()
+        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        return (p.terminationStatus, text)
+    }
+
     public var unixEndpoint: Endpoint { .unix(path: socketPath) }
     public var tcpEndpoint: Endpoint { .tcp(host: "127.0.0.1", port: tcpPort) }
 

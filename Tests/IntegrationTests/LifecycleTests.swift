@@ -105,16 +105,7 @@ final class LifecycleTests: XCTestCase {
         func check(_ text: String, _ extra: [String] = []) throws -> (Int32, String) {
             let config = FileManager.default.temporaryDirectory.appendingPathComponent("check-\(UUID()).conf")
             try text.write(to: config, atomically: true, encoding: .utf8)
-            let p = Process()
-            p.executableURL = DaemonProcess.binDirectory.appendingPathComponent("liveroomd")
-            p.arguments = ["--config", config.path, "--check-config"] + extra
-            let out = Pipe()
-            p.standardOutput = out
-            p.standardError = out
-            try p.run()
-            let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-            p.waitUntilExit()
-            return (p.terminationStatus, text)
+            return try DaemonProcess.runToExit(["--config", config.path, "--check-config"] + extra)
         }
         var (status, text) = try check("log_level = info\r\nrtmp = 127.0.0.1:1935\r\n")
         XCTAssertEqual(status, 0, "CRLF lines are lines: \(text)")
@@ -151,16 +142,9 @@ final class LifecycleTests: XCTestCase {
         XCTAssertGreaterThan(keys.count, 20, "the option names are read from the parser")
         for key in keys { XCTAssertTrue(doc.contains("`\(key)`"), "docs/CONFIG.md does not document \(key)") }
 
-        let check = Process()
-        check.executableURL = DaemonProcess.binDirectory.appendingPathComponent("liveroomd")
-        check.arguments = ["--config", Self.repo.appendingPathComponent("tools/deploy/liveroomd.conf").path, "--check-config"]
-        let out = Pipe()
-        check.standardOutput = out
-        check.standardError = out
-        try check.run()
-        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        check.waitUntilExit()
-        XCTAssertEqual(check.terminationStatus, 0, text)
+        let (status, text) = try DaemonProcess.runToExit(
+            ["--config", Self.repo.appendingPathComponent("tools/deploy/liveroomd.conf").path, "--check-config"])
+        XCTAssertEqual(status, 0, text)
         XCTAssertTrue(text.contains("is valid"), text)
     }
 }

@@ -7,15 +7,7 @@ import XCTest
 /// What the daemon does with a data directory or listeners it cannot fully use.
 final class StartupTests: XCTestCase {
     private func run(_ tool: String, _ args: [String]) -> (Int32, String) {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: tool)
-        p.arguments = args
-        let out = Pipe()
-        p.standardOutput = out
-        p.standardError = out
-        try? p.run()
-        p.waitUntilExit()
-        return (p.terminationStatus, String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self))
+        (try? DaemonProcess.runToExit(args, executable: tool)) ?? (-1, "\(tool) could not be started")
     }
 
     /// A data directory on read-only media: rooms are served, writes are refused with a reason.
