@@ -126,7 +126,7 @@ let package = Package(
         .testTarget(name: "LiveRoomDomainTests", dependencies: ["LiveRoomDomain"]),
         .testTarget(name: "LiveRoomClientTests", dependencies: ["LiveRoomClient"]),
         .testTarget(name: "LiveRoomRTMPTests", dependencies: [
-            "LiveRoomRTMP",
+            "LiveRoomRTMP", "LiveRoomTesting",
             .product(name: "NIOEmbedded", package: "swift-nio"),
         ]),
         .testTarget(name: "LiveRoomStoreTests", dependencies: [

@@ -193,7 +193,7 @@ struct RTMPSession {
 }
 
 extension String {
-    fileprivate func trimmingCharacters(in set: Character) -> String {
+    func trimmingCharacters(in set: Character) -> String {
         var s = Substring(self)
         while s.first == set { s = s.dropFirst() }
         while s.last == set { s = s.dropLast() }
