@@ -100,7 +100,8 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "liveroom-platform-sim", dependencies: [
-            "LiveRoomRPC", "LiveRoomMessages", "LiveRoomDomain",
+            "LiveRoomRPC", "LiveRoomMessages", "LiveRoomDomain", "LiveRoomTesting",
+            .product(name: "NIOHTTP1", package: "swift-nio"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             .product(name: "Logging", package: "swift-log"),

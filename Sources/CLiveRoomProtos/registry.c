@@ -30,6 +30,7 @@ static const ProtobufCMessageDescriptor *const messages[] = {
   &liveroom__v1__list_viewers_request__descriptor,
   &liveroom__v1__viewer__descriptor,
   &liveroom__v1__list_viewers_response__descriptor,
+  &liveroom__v1__destination__descriptor,
   &liveroom__v1__money__descriptor,
   &liveroom__v1__room__descriptor,
   &liveroom__v1__platform__descriptor,
@@ -64,6 +65,12 @@ static const ProtobufCMessageDescriptor *const messages[] = {
   &liveroom__v1__close_room_response__descriptor,
   &liveroom__v1__list_platforms_request__descriptor,
   &liveroom__v1__list_platforms_response__descriptor,
+  &liveroom__v1__add_destination_request__descriptor,
+  &liveroom__v1__add_destination_response__descriptor,
+  &liveroom__v1__remove_destination_request__descriptor,
+  &liveroom__v1__remove_destination_response__descriptor,
+  &liveroom__v1__list_destinations_request__descriptor,
+  &liveroom__v1__list_destinations_response__descriptor,
 };
 static const ProtobufCEnumDescriptor *const enums[] = {
   &liveroom__testing__v1__color__descriptor,
@@ -71,6 +78,8 @@ static const ProtobufCEnumDescriptor *const enums[] = {
   &liveroom__v1__play_mode__descriptor,
   &liveroom__v1__room_status__descriptor,
   &liveroom__v1__key_status__descriptor,
+  &liveroom__v1__ingest__descriptor,
+  &liveroom__v1__destination_state__descriptor,
   &liveroom__v1__serving_status__descriptor,
   &liveroom__v1__stream_event_kind__descriptor,
 };

@@ -13,6 +13,9 @@ public struct PlatformSettings: Sendable, Equatable {
     public var keyTTLMs: Int64 = 24 * 3600 * 1000
     /// Deadline for each call to the connector.
     public var timeoutMs: Int64 = 5000
+    /// How rooms created without an ingest take their broadcaster: relay through us unless the
+    /// platform's config says direct (e.g. a platform that only takes its own app's stream).
+    public var defaultIngest: Ingest = .relay
 
     public static let builtinID = "self"
 

@@ -61,6 +61,9 @@ public actor RoomActor {
 
     public func snapshot() -> RoomRecord { record }
 
+    /// Direct rooms: where the platform's live can be pulled from, as of the last refresh ("" if not live).
+    public private(set) var platformPullURL = ""
+
     /// Checks a publisher's stream key: wrong or expired keys are refused.
     public func authorizePublish(key: String) throws {
         guard record.status != .ended else {
@@ -92,8 +95,15 @@ public actor RoomActor {
             guard !r.streamKey.isEmpty else {
                 throw RoomError(.unavailable, "platform \(platform.id) returned an empty stream key")
             }
-            next.streamKey = r.streamKey
-            next.keyExpiresAtMs = r.keyExpiresAtMs > 0 ? r.keyExpiresAtMs : now + platform.keyTTLMs
+            next.platformStreamKey = r.streamKey
+            if record.ingest == .relay {
+                // The broadcaster holds our key; the platform's is ours to keep fresh.
+                next.streamKey = StreamKey.generate()
+                next.keyExpiresAtMs = now + platform.keyTTLMs
+            } else {
+                next.streamKey = r.streamKey
+                next.keyExpiresAtMs = r.keyExpiresAtMs > 0 ? r.keyExpiresAtMs : now + platform.keyTTLMs
+            }
         } else {
             next.streamKey = StreamKey.generate()
             next.keyExpiresAtMs = now + platform.keyTTLMs
@@ -111,9 +121,12 @@ public actor RoomActor {
     private func refreshNow() async throws -> RoomRecord {
         guard let connector, record.status != .ended else { return record }
         let r = try await connector.status(platformRoomId: record.platformRoomId)
+        platformPullURL = r.status == .live ? r.pullUrl : ""
         var next = record
-        if r.status != .unspecified { next.status = r.status }
-        if r.keyExpiresAtMs > 0 { next.keyExpiresAtMs = r.keyExpiresAtMs }
+        // A relay room is live when we publish, whatever the platform says; the platform's
+        // "ended" (closed there) still ends it here.
+        if r.status != .unspecified && (record.ingest != .relay || r.status == .ended) { next.status = r.status }
+        if r.keyExpiresAtMs > 0 && record.ingest != .relay { next.keyExpiresAtMs = r.keyExpiresAtMs }
         guard next != record else { return record }
         next.updatedAtMs = clock.nowMs()
         try await save(next, reason: "refreshed from platform \(platform.id)")

@@ -36,6 +36,8 @@ struct Watcher {
     let viewerId: String
     let queue: ViewerQueue
     let lane: any ViewerLane
+    /// Viewers count in the statistics; outputs (relays to platforms) do not.
+    var counted = true
 }
 
 /// The viewers one lane feeds; `members` is kept as an array so that handing it to the lane
@@ -84,7 +86,22 @@ extension RoomActor {
     /// Starts a publisher after checking its key. A publisher already on the room is ended with
     /// ABORTED: a broadcaster reconnecting after a drop takes over at once.
     public func beginPublish(key: String, publisherId: String) throws -> PublishSession {
+        guard record.publishesThroughUs else {
+            throw RoomError(.failedPrecondition,
+                "room \(id) goes live directly on platform \(record.platformId): publish to \(record.pushServer) with the platform's key; LiveRoom mirrors it")
+        }
         try authorizePublish(key: key)
+        return startSession(publisherId: publisherId)
+    }
+
+    /// Starts the pull of a platform's live into this (direct ingest) room: a publisher whose
+    /// key the platform checked.
+    public func beginMirror(publisherId: String) throws -> PublishSession {
+        guard record.status != .ended else { throw RoomError(.failedPrecondition, "room \(id) has ended") }
+        return startSession(publisherId: publisherId)
+    }
+
+    private func startSession(publisherId: String) -> PublishSession {
         if let old = publisher {
             old.end(RoomError(.aborted, "another publisher with a valid key took over room \(id)"))
         }
@@ -268,6 +285,25 @@ extension RoomActor {
         return (token, queue)
     }
 
+    /// Adds an output (a relay to a platform): it gets what a viewer gets, the stream header and
+    /// the current group of pictures first, but is not a viewer in the statistics. Fails once
+    /// the room has ended. Remove it with `leave`.
+    public func attachOutput(lane: any ViewerLane = InlineLane.shared, limits: ViewerQueue.Limits? = nil,
+                             onDrop: @escaping @Sendable (RoomError) -> Void = { _ in }) throws -> (token: Int, queue: ViewerQueue) {
+        guard record.status != .ended else { throw RoomError(.failedPrecondition, "room \(id) has ended") }
+        let queue = ViewerQueue(limits: limits ?? media.viewerQueue, droppedChunks: metrics.chunksDropped, onDrop: onDrop)
+        let now = clock.nowMs()
+        for c in header + gop { queue.offer(c, nowMs: now) }
+        let token = nextWatcher
+        nextWatcher += 1
+        watchers[token] = Watcher(viewerId: "", queue: queue, lane: lane, counted: false)
+        lanes[ObjectIdentifier(lane), default: LaneGroup(lane: lane)].add(token, queue)
+        return (token, queue)
+    }
+
+    /// Whether a publisher is on the room now.
+    public var isPublishing: Bool { publisher != nil }
+
     /// Removes a viewer's call; the viewer goes offline when their last call ends.
     public func leave(_ token: Int) {
         guard let w = watchers.removeValue(forKey: token) else { return }
@@ -277,6 +313,7 @@ extension RoomActor {
         // Through the lane, so that what was handed to it earlier (a closing event) comes first.
         let queue = w.queue
         w.lane.run { queue.finish(nil) }
+        guard w.counted else { return }
         let left = (connections[w.viewerId] ?? 1) - 1
         connections[w.viewerId] = left > 0 ? left : nil
         if left <= 0 { metrics.viewersOnline.decrement() }

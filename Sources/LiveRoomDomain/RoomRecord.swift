@@ -18,10 +18,20 @@ public struct RoomRecord: Sendable, Equatable {
     public var status: RoomStatus
     public var createdAtMs: Int64
     public var updatedAtMs: Int64
+    /// External rooms: whether broadcasters publish to us (relay) or to the platform (direct).
+    public var ingest: Ingest
+    /// External rooms: the platform's own ingest, which a relay room publishes to. Under
+    /// direct ingest these equal `pushServer` and `streamKey`.
+    public var platformPushServer: String
+    public var platformStreamKey: String
 
     public init(id: String, requestId: String, title: String, kind: RoomKind, platformId: String, playMode: PlayMode,
                 ownerId: String, pushServer: String, streamKey: String, keyExpiresAtMs: Int64, playURL: String,
-                platformRoomId: String, status: RoomStatus, createdAtMs: Int64, updatedAtMs: Int64) {
+                platformRoomId: String, status: RoomStatus, createdAtMs: Int64, updatedAtMs: Int64,
+                ingest: Ingest = .unspecified, platformPushServer: String = "", platformStreamKey: String = "") {
+        self.ingest = ingest
+        self.platformPushServer = platformPushServer
+        self.platformStreamKey = platformStreamKey
         self.id = id
         self.requestId = requestId
         self.title = title
@@ -38,6 +48,9 @@ public struct RoomRecord: Sendable, Equatable {
         self.createdAtMs = createdAtMs
         self.updatedAtMs = updatedAtMs
     }
+
+    /// Whether our RTMP ingest and StreamData take this room's publisher (built-in and relay rooms).
+    public var publishesThroughUs: Bool { platformId == PlatformSettings.builtinID || ingest == .relay }
 
     public func keyStatus(nowMs: Int64) -> KeyStatus {
         keyExpiresAtMs > 0 && nowMs >= keyExpiresAtMs ? .expired : .valid
@@ -62,6 +75,7 @@ public struct RoomRecord: Sendable, Equatable {
         r.updatedAtMs = updatedAtMs
         r.platformRoomId = platformRoomId
         r.requestId = requestId
+        r.ingest = ingest
         return r
     }
 }
@@ -105,4 +119,6 @@ public protocol RoomStore: Sendable {
     func delete(id: String) async throws
     /// The room whose current stream key this is (RTMP publish URLs carry only the key).
     func roomId(forStreamKey key: String) async throws -> String?
+    /// Ids of rooms not ended with this ingest (the mirror polls the direct ones).
+    func openRooms(ingest: Ingest) async throws -> [String]
 }

@@ -11,6 +11,8 @@ public actor RoomRegistry {
     private var builtin: BuiltinEndpoints
     private let clock: WallClock
     private var rooms: [String: RoomActor] = [:]
+    /// Told of every room actor made (created or revived), so outputs can attach to it.
+    private var observer: (@Sendable (RoomActor) -> Void)?
     /// Creates in progress by request id, so that concurrent duplicates get the same room.
     private var creating: [String: Task<(room: RoomRecord, created: Bool), Error>] = [:]
 
@@ -72,11 +74,18 @@ public actor RoomRegistry {
         if let pending = creating[requestId] {
             return (try await pending.value.room, false)
         }
+        guard request.ingest == .unspecified || request.ingest == .relay || request.ingest == .direct else {
+            throw RoomError(.invalidArgument, "ingest must be INGEST_RELAY or INGEST_DIRECT, got \(request.ingest.rawValue)")
+        }
+        guard !(platform.isBuiltin && request.ingest == .direct) else {
+            throw RoomError(.invalidArgument, "the built-in platform is LiveRoom itself: its rooms take the broadcaster directly; leave ingest unset")
+        }
         var spec = request
         spec.title = title
         spec.kind = kind
         spec.playMode = playMode
         spec.requestId = requestId
+        spec.ingest = platform.isBuiltin ? .unspecified : (request.ingest == .unspecified ? platform.defaultIngest : request.ingest)
         let task = Task { () async throws -> (room: RoomRecord, created: Bool) in
             if let existing = try await self.store.find(requestId: requestId) {
                 guard existing.platformId == platform.id else {
@@ -128,11 +137,16 @@ public actor RoomRegistry {
                 throw RoomError(.unavailable, "platform \(platform.id) returned a \(field) of \(value.utf8.count) bytes; at most 1024")
             }
             record.platformRoomId = made.platformRoomId
-            record.pushServer = made.pushServer
-            record.streamKey = made.streamKey
-            record.keyExpiresAtMs = made.keyExpiresAtMs > 0 ? made.keyExpiresAtMs : now + platform.keyTTLMs
+            record.platformPushServer = made.pushServer
+            record.platformStreamKey = made.streamKey
+            record.ingest = request.ingest
+            if request.ingest == .direct {
+                record.pushServer = made.pushServer
+                record.streamKey = made.streamKey
+                record.keyExpiresAtMs = made.keyExpiresAtMs > 0 ? made.keyExpiresAtMs : now + platform.keyTTLMs
+            }
             if request.playMode == .external { record.playURL = made.playUrl }
-            if made.status == .live { record.status = .live }
+            if made.status == .live && request.ingest == .direct { record.status = .live }
         }
         do {
             try await store.insert(record)
@@ -140,8 +154,10 @@ public actor RoomRegistry {
             if let connector, !platform.isBuiltin { undo(connector, platformRoomId: record.platformRoomId, requestId: request.requestId) }
             throw error
         }
-        rooms[id] = RoomActor(record: record, store: store, platform: platform, connector: connector, clock: clock, media: media,
+        let actor = RoomActor(record: record, store: store, platform: platform, connector: connector, clock: clock, media: media,
                               metrics: metrics)
+        rooms[id] = actor
+        observer?(actor)
         return record
     }
 
@@ -161,8 +177,18 @@ public actor RoomRegistry {
         let actor = RoomActor(record: record, store: store, platform: platform, connector: connectors[record.platformId],
                               clock: clock, media: media, metrics: metrics)
         rooms[id] = actor
+        observer?(actor)
         return actor
     }
+
+    /// Sets the function told of every room actor made from now on.
+    public func observeRooms(_ observer: @escaping @Sendable (RoomActor) -> Void) { self.observer = observer }
+
+    /// Ids of the open rooms taking their broadcaster this way.
+    public func openRooms(ingest: Ingest) async throws -> [String] { try await store.openRooms(ingest: ingest) }
+
+    /// The platform a room is on.
+    public func platform(_ id: String) -> PlatformSettings? { platforms[id] }
 
     /// Where broadcasters push for rooms created from now on (set once the RTMP listener is bound).
     public func setPushServer(_ url: String) { builtin.pushServer = url }

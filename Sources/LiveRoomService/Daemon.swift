@@ -10,6 +10,7 @@ import NIOCore
 import Prometheus
 import NIOPosix
 import ServiceLifecycle
+import Synchronization
 
 /// liveroomd: every service wired onto one RPC server, run until SIGTERM/SIGINT.
 public final class Daemon: Service, Sendable {
@@ -21,6 +22,15 @@ public final class Daemon: Service, Sendable {
     private let rtmp: RTMPServer?
     private let metricsServer: MetricsServer?
     private let logger: Logger
+    private let relay: RelayManager
+    private let mirror: MirrorSupervisor
+    /// The bound RTMP port, once known (0 before).
+    private let ownIngest = BoundPort()
+
+    static func host(of address: String) -> String {
+        guard let colon = address.lastIndex(of: ":") else { return address }
+        return String(address[..<colon]).trimmingCharacters(in: CharacterSet(charactersIn: "[]")).lowercased()
+    }
 
     public init(configuration: DaemonConfiguration, logger: Logger) throws {
         self.configuration = configuration
@@ -58,9 +68,20 @@ public final class Daemon: Service, Sendable {
                              builtin: configuration.builtin, clock: clock, media: media, metrics: metrics)
         self.store = store
 
+        // Relays and mirrors need to know our own ingest (to refuse loops) once it is bound.
+        let ownIngest = self.ownIngest
+        let ownHosts: Set<String> = ["127.0.0.1", "localhost", "::1", "0.0.0.0", "::", configuration.rtmp.map { Self.host(of: $0) } ?? ""]
+        var relayContext = RelayContext(registry: rooms, isOwnIngest: { url in
+            let port = ownIngest.port.load(ordering: .relaxed)
+            return port != 0 && url.port == port && ownHosts.contains(url.host.lowercased())
+        }, metrics: RelayMetrics(factory: factory), logger: logger)
+        relayContext.retry = Backoff(baseMs: 1000, capMs: configuration.relayRetryMaxMs)
+        relay = RelayManager(context: relayContext, store: store)
+        mirror = MirrorSupervisor(registry: rooms, client: relayContext.client, retry: relayContext.retry, logger: logger)
+
         var registry = ServiceRegistry()
         var services = [Health.name, RoomService.name, MediaService.name, AudienceService.name]
-        RoomServiceHandlers.register(rooms, in: &registry)
+        RoomServiceHandlers.register(rooms, relay: relay, mirror: mirror, in: &registry)
         MediaServiceHandlers.register(rooms, viewerMerge: configuration.viewerMergeMs > 0 ? .milliseconds(Int64(configuration.viewerMergeMs)) : nil,
                                       in: &registry)
         AudienceServiceHandlers.register(rooms, in: &registry)
@@ -125,6 +146,8 @@ public final class Daemon: Service, Sendable {
         if configuration.tcp != nil && configuration.tcpToken == nil {
             logger.warning("TCP is enabled without tcp_token: every call over TCP except Health will be refused")
         }
+        let relay = self.relay
+        await rooms.observeRooms { room in Task { await relay.roomLoaded(room) } }
         let endpoints = try await server.start()
         do {
             try await startMedia()
@@ -145,6 +168,7 @@ public final class Daemon: Service, Sendable {
             do { port = try await rtmp.start() } catch {
                 throw ServerStartError("cannot listen for RTMP on \(configuration.rtmp ?? host): \(error) (set rtmp = HOST:PORT or rtmp = off)")
             }
+            ownIngest.port.store(port, ordering: .relaxed)
             if !configuration.pushServerConfigured {
                 // A wildcard address is no place to push to; name loopback and say how to change it.
                 let wildcard = host == "0.0.0.0" || host == "::" || host == "[::]"
@@ -181,6 +205,9 @@ public final class Daemon: Service, Sendable {
         }
         defer { storeWatch.cancel() }
         defer { metricsServer?.stop() }
+        let (mirror, pollMs) = (self.mirror, configuration.mirrorPollMs)
+        let mirroring = Task { await mirror.run(intervalMs: pollMs) }
+        defer { mirroring.cancel() }
         let rtmp = self.rtmp
         let rtmpTask = Task { try await rtmp?.run() }
         defer { rtmp?.stop() }
@@ -188,6 +215,8 @@ public final class Daemon: Service, Sendable {
             try await server.run()
             rtmp?.stop()
             _ = await rtmpTask.result
+            mirroring.cancel()
+            await relay.stopAll()
             await rooms.flushStats()
         } onGracefulShutdown: {
             rtmp?.stop()
@@ -256,4 +285,9 @@ struct TCPAuthenticator: Sendable {
         }
         return .trusted
     }
+}
+
+/// A listener's port, set once it is bound.
+final class BoundPort: Sendable {
+    let port = Atomic<Int>(0)
 }

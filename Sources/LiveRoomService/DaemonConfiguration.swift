@@ -45,6 +45,10 @@ public struct DaemonConfiguration: Sendable, Equatable {
     /// How long writes to a viewer of a live room may wait to go out together; 0 sends each
     /// chunk at once. Meeting rooms always send at once.
     public var viewerMergeMs = 50
+    /// How often open direct-ingest rooms' platforms are asked whether they are live (to mirror them).
+    public var mirrorPollMs: Int64 = 5000
+    /// Longest wait between a failing destination's (or pull's) attempts; the first is 1 s.
+    public var relayRetryMaxMs: Int64 = 30_000
     /// Testing only: caps the database size in pages, to simulate a full disk.
     public var storeMaxPageCount: Int?
 
@@ -115,6 +119,12 @@ public struct DaemonConfiguration: Sendable, Equatable {
                     platforms[i].supportsMeeting = kinds.contains("meeting")
                 case "key_ttl_seconds": platforms[i].keyTTLMs = Int64(try int(60...(365 * 86400))) * 1000
                 case "timeout_ms": platforms[i].timeoutMs = Int64(try int(50...600_000))
+                case "ingest":
+                    switch value {
+                    case "relay": platforms[i].defaultIngest = .relay
+                    case "direct": platforms[i].defaultIngest = .direct
+                    default: throw fail("ingest must be relay or direct, got \"\(value)\"")
+                    }
                 default: throw fail("unknown option \"\(key)\" in [\(section)]")
                 }
                 continue
@@ -142,6 +152,8 @@ public struct DaemonConfiguration: Sendable, Equatable {
             case "viewer_max_skips": viewerMaxSkips = try int(0...1000)
             case "viewer_max_stall_ms": viewerMaxStallMs = Int64(try int(1000...600_000))
             case "viewer_merge_ms": viewerMergeMs = try int(0...1000)
+            case "mirror_poll_ms": mirrorPollMs = Int64(try int(100...3_600_000))
+            case "relay_retry_max_ms": relayRetryMaxMs = Int64(try int(1000...3_600_000))
             case "tcp":
                 do { tcp = try Self.listener(value, offAllowed: false) } catch { throw fail("tcp: \(error)") }
             case "data_dir": dataDir = value

@@ -2,7 +2,7 @@ import LiveRoomDomain
 import LiveRoomMessages
 import LiveRoomRTMP
 
-/// RTMP publishers into rooms on the built-in platform. The stream key in the publish URL
+/// RTMP publishers into rooms on the built-in platform and relay rooms of external platforms. The stream key in the publish URL
 /// finds the room and is checked exactly as StreamData checks it; the same takeover rule and
 /// idle timeout apply.
 struct RTMPRoomIngest: RTMPIngest {
@@ -17,11 +17,6 @@ struct RTMPRoomIngest: RTMPIngest {
             guard let room = try await registry.room(forStreamKey: key) else {
                 throw RTMPRefusal(code: "NetStream.Publish.Unauthorized",
                                   "wrong stream key \(StreamKey.redacted(key)): no room has it (was it rotated?); get the current key with GetRoom")
-            }
-            let record = await room.snapshot()
-            guard record.platformId == PlatformSettings.builtinID else {
-                throw RTMPRefusal(code: "NetStream.Publish.Rejected",
-                                  "room \(record.id) is on platform \(record.platformId): publish to that platform's push server \(record.pushServer)")
             }
             let session = try await room.beginPublish(key: key, publisherId: publisherId)
             let watchdog = room.supervise(session) { reason in onEnd(reason.message) }

@@ -37,9 +37,10 @@ public enum RoomServiceHandlers {
     static let defaultPageSize = 50
     static let maxPageSize = 1000
 
-    public static func register(_ registry: RoomRegistry, in services: inout ServiceRegistry) {
+    static func register(_ registry: RoomRegistry, relay: RelayManager, mirror: MirrorSupervisor, in services: inout ServiceRegistry) {
         services.unary(RoomService.createRoom) { request, context in
             try await domain {
+                let targets = try await simulcastPlatforms(request, registry)
                 let (room, created) = try await registry.create(request)
                 if created {
                     context.logger.info("room created", metadata: ["room": "\(room.id)", "platform": "\(room.platformId)"])
@@ -47,6 +48,9 @@ public enum RoomServiceHandlers {
                 var r = CreateRoomResponse()
                 r.room = room.message(nowMs: registry.now)
                 r.created = created
+                if !targets.isEmpty {
+                    r.linkedRooms = try await simulcast(room, to: targets, registry, relay).map { $0.message(nowMs: registry.now) }
+                }
                 return r
             }
         }
@@ -54,7 +58,34 @@ public enum RoomServiceHandlers {
             context.addLogMetadata("room", request.roomId)
             return try await domain {
                 var r = GetRoomResponse()
-                r.room = try await registry.room(request.roomId).snapshot().message(nowMs: registry.now)
+                var room = try await registry.room(request.roomId).snapshot().message(nowMs: registry.now)
+                room.destinations = try await relay.list(roomId: request.roomId)
+                r.room = room
+                return r
+            }
+        }
+        services.unary(RoomService.addDestination) { request, context in
+            context.addLogMetadata("room", request.roomId)
+            return try await domain {
+                let d = try await relay.add(request)
+                context.logger.info("destination added", metadata: ["destination": "\(d.destinationId)", "url": "\(d.url)"])
+                var r = AddDestinationResponse()
+                r.destination = d
+                return r
+            }
+        }
+        services.unary(RoomService.removeDestination) { request, context in
+            context.addLogMetadata("room", request.roomId)
+            return try await domain {
+                try await relay.remove(roomId: request.roomId, destinationId: request.destinationId)
+                return RemoveDestinationResponse()
+            }
+        }
+        services.unary(RoomService.listDestinations) { request, context in
+            context.addLogMetadata("room", request.roomId)
+            return try await domain {
+                var r = ListDestinationsResponse()
+                r.destinations = try await relay.list(roomId: request.roomId)
                 return r
             }
         }
@@ -81,7 +112,10 @@ public enum RoomServiceHandlers {
             context.addLogMetadata("room", request.roomId)
             return try await domain {
                 var r = RefreshRoomResponse()
-                r.room = try await registry.room(request.roomId).refresh().message(nowMs: registry.now)
+                let room = try await registry.room(request.roomId)
+                let record = try await room.refresh()
+                await mirror.roomRefreshed(room, record)
+                r.room = record.message(nowMs: registry.now)
                 return r
             }
         }
@@ -136,6 +170,54 @@ public enum RoomServiceHandlers {
             }
             return r
         }
+    }
+}
+
+extension RoomServiceHandlers {
+    static let maxSimulcast = 16
+
+    /// The simulcast platforms asked for, checked before anything is created.
+    static func simulcastPlatforms(_ request: CreateRoomRequest, _ registry: RoomRegistry) async throws -> [String] {
+        let ids = request.simulcastPlatformIds
+        guard ids.count <= maxSimulcast else {
+            throw RoomError(.invalidArgument, "simulcast_platform_ids has \(ids.count) platforms; at most \(maxSimulcast)")
+        }
+        var seen: Set<String> = []
+        for id in ids {
+            guard id != request.platformId else {
+                throw RoomError(.invalidArgument, "simulcast_platform_ids: \(id) is the room's own platform")
+            }
+            guard let p = await registry.platform(id), !p.isBuiltin else {
+                throw RoomError(.invalidArgument, "simulcast_platform_ids: \"\(id)\" is not an external platform of this daemon")
+            }
+            guard p.supports(request.kind) else {
+                throw RoomError(.invalidArgument, "simulcast_platform_ids: platform \(id) does not support this kind of room")
+            }
+            guard seen.insert(id).inserted else { throw RoomError(.invalidArgument, "simulcast_platform_ids: \(id) is named twice") }
+        }
+        return ids
+    }
+
+    /// Creates (or finds, on a retried request) the linked rooms and links them to `source`.
+    static func simulcast(_ source: RoomRecord, to platforms: [String], _ registry: RoomRegistry, _ relay: RelayManager) async throws -> [RoomRecord] {
+        var linked: [RoomRecord] = []
+        for p in platforms {
+            var ask = CreateRoomRequest()
+            ask.title = source.title
+            ask.kind = source.kind
+            ask.platformId = p
+            ask.playMode = .external
+            ask.ownerId = source.ownerId
+            ask.requestId = "\(source.requestId)/\(p)"
+            ask.ingest = .relay
+            do {
+                linked.append(try await registry.create(ask).room)
+            } catch let e as RoomError {
+                throw RoomError(e.code, "room \(source.id) was created, but its simulcast room on \(p) was not: \(e.message); retry with the same request_id to finish")
+            }
+        }
+        try await relay.link(source: try await registry.room(source.id), targets: linked)
+        return linked
     }
 }
 

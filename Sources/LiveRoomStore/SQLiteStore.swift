@@ -11,7 +11,7 @@ import LiveRoomMessages
 /// Stream keys are encrypted at rest with AES-GCM (bound to their room id) under a master key
 /// kept beside the database in `master.key` (mode 0600). Keys must be readable again because
 /// the API shows the current key, as an admin list does; hashing would lose that.
-public final class SQLiteStore: RoomStore, ViewerStore, AudienceStore, Sendable {
+public final class SQLiteStore: RoomStore, ViewerStore, AudienceStore, DestinationStore, Sendable {
     /// A pool normally; a read-only connection when the data directory cannot be written.
     let pool: any DatabaseWriter
     /// Opened read-only: every write fails with UNAVAILABLE, reads are served.
@@ -206,7 +206,63 @@ public final class SQLiteStore: RoomStore, ViewerStore, AudienceStore, Sendable 
                 ) WITHOUT ROWID
                 """)
         }
+        m.registerMigration("v8: ingest, the platform's own ingest, destinations") { db in
+            try db.execute(sql: """
+                ALTER TABLE rooms ADD COLUMN ingest INTEGER NOT NULL DEFAULT 0;
+                ALTER TABLE platform_rooms ADD COLUMN platform_push_server TEXT NOT NULL DEFAULT '';
+                ALTER TABLE platform_rooms ADD COLUMN platform_key_box BLOB;
+                CREATE INDEX rooms_open_by_ingest ON rooms(ingest) WHERE status != 3;
+                CREATE TABLE destinations (
+                    id TEXT NOT NULL,
+                    room_id TEXT NOT NULL REFERENCES rooms(id) ON DELETE CASCADE,
+                    target_room_id TEXT NOT NULL,
+                    url TEXT NOT NULL,
+                    key_box BLOB,
+                    created_at_ms INTEGER NOT NULL,
+                    PRIMARY KEY (room_id, id)
+                );
+                CREATE UNIQUE INDEX destinations_one_link ON destinations(room_id, target_room_id) WHERE target_room_id != '';
+                """)
+        }
         return m
+    }
+
+    // MARK: DestinationStore
+
+    public func insertDestination(_ d: DestinationRecord, ignoringDuplicate: Bool) async throws {
+        let box = d.streamKey.isEmpty ? nil : try seal(d.streamKey, room: "\(d.roomId)/\(d.id)")
+        try await write("add destination \(d.id) to room \(d.roomId)") { db in
+            try db.execute(sql: """
+                INSERT \(ignoringDuplicate ? "OR IGNORE " : "")INTO destinations (id, room_id, target_room_id, url, key_box, created_at_ms)
+                VALUES (?, ?, ?, ?, ?, ?)
+                """, arguments: [d.id, d.roomId, d.targetRoomId, d.url, box, d.createdAtMs])
+        }
+    }
+
+    public func deleteDestination(roomId: String, id: String) async throws -> Bool {
+        try await write("remove destination \(id) of room \(roomId)") { db in
+            try db.execute(sql: "DELETE FROM destinations WHERE room_id = ? AND id = ?", arguments: [roomId, id])
+            return db.changesCount > 0
+        }
+    }
+
+    public func destinations(roomId: String) async throws -> [DestinationRecord] {
+        try await read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM destinations WHERE room_id = ? ORDER BY created_at_ms, id", arguments: [roomId]).map { row in
+                let id: String = row["id"]
+                let box: Data? = row["key_box"]
+                return DestinationRecord(id: id, roomId: roomId, targetRoomId: row["target_room_id"], url: row["url"],
+                                         streamKey: try box.map { try self.open($0, room: "\(roomId)/\(id)") } ?? "",
+                                         createdAtMs: row["created_at_ms"])
+            }
+        }
+    }
+
+    public func openRooms(ingest: Ingest) async throws -> [String] {
+        try await read { db in
+            try String.fetchAll(db, sql: "SELECT id FROM rooms WHERE ingest = ? AND status != ? ORDER BY created_at_ms",
+                                arguments: [ingest.rawValue, RoomStatus.ended.rawValue])
+        }
     }
 
     public func reserveRoomId(requestId: String, candidate: String) async throws -> String {
@@ -371,15 +427,18 @@ public final class SQLiteStore: RoomStore, ViewerStore, AudienceStore, Sendable 
 
     public func insert(_ room: RoomRecord) async throws {
         let box = try seal(room.streamKey, room: room.id)
+        let platformBox = room.platformStreamKey.isEmpty ? nil : try seal(room.platformStreamKey, room: "\(room.id)#platform")
         let digest = keyDigest(room.streamKey)
         try await write("create room \(room.id)") { db in
             try db.execute(sql: """
-                INSERT INTO rooms (id, request_id, title, kind, platform_id, play_mode, owner_id, play_url, status, created_at_ms, updated_at_ms)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                INSERT INTO rooms (id, request_id, title, kind, platform_id, play_mode, owner_id, play_url, status, created_at_ms, updated_at_ms, ingest)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 """, arguments: [room.id, room.requestId, room.title, room.kind.rawValue, room.platformId, room.playMode.rawValue,
-                                 room.ownerId, room.playURL, room.status.rawValue, room.createdAtMs, room.updatedAtMs])
-            try db.execute(sql: "INSERT INTO platform_rooms (room_id, platform_id, platform_room_id, push_server) VALUES (?, ?, ?, ?)",
-                           arguments: [room.id, room.platformId, room.platformRoomId, room.pushServer])
+                                 room.ownerId, room.playURL, room.status.rawValue, room.createdAtMs, room.updatedAtMs, room.ingest.rawValue])
+            try db.execute(sql: """
+                INSERT INTO platform_rooms (room_id, platform_id, platform_room_id, push_server, platform_push_server, platform_key_box)
+                VALUES (?, ?, ?, ?, ?, ?)
+                """, arguments: [room.id, room.platformId, room.platformRoomId, room.pushServer, room.platformPushServer, platformBox])
             try db.execute(sql: "INSERT INTO stream_keys (room_id, key_box, key_digest, expires_at_ms, created_at_ms) VALUES (?, ?, ?, ?, ?)",
                            arguments: [room.id, box, digest, room.keyExpiresAtMs, room.createdAtMs])
             try db.execute(sql: "INSERT INTO room_status_history (room_id, status, at_ms, reason) VALUES (?, ?, ?, 'created')",
@@ -389,8 +448,14 @@ public final class SQLiteStore: RoomStore, ViewerStore, AudienceStore, Sendable 
 
     public func update(_ room: RoomRecord, previous: RoomRecord, reason: String) async throws {
         let box = room.streamKey != previous.streamKey ? try seal(room.streamKey, room: room.id) : nil
+        let platformBox = room.platformStreamKey != previous.platformStreamKey && !room.platformStreamKey.isEmpty
+            ? try seal(room.platformStreamKey, room: "\(room.id)#platform") : nil
         let digest = keyDigest(room.streamKey)
         try await write("update room \(room.id)") { db in
+            if let platformBox {
+                try db.execute(sql: "UPDATE platform_rooms SET platform_key_box = ?, platform_push_server = ? WHERE room_id = ?",
+                               arguments: [platformBox, room.platformPushServer, room.id])
+            }
             try db.execute(sql: """
                 UPDATE rooms SET title = ?, status = ?, play_url = ?, updated_at_ms = ? WHERE id = ?
                 """, arguments: [room.title, room.status.rawValue, room.playURL, room.updatedAtMs, room.id])
@@ -460,7 +525,7 @@ public final class SQLiteStore: RoomStore, ViewerStore, AudienceStore, Sendable 
 
     private func fetch(_ db: Database, where clause: String, _ args: [DatabaseValue], limit: Int) throws -> [RoomRecord] {
         let rows = try Row.fetchAll(db, sql: """
-            SELECT r.*, p.platform_room_id, p.push_server, k.key_box, k.expires_at_ms
+            SELECT r.*, p.platform_room_id, p.push_server, p.platform_push_server, p.platform_key_box, k.key_box, k.expires_at_ms
             FROM rooms r
             JOIN platform_rooms p ON p.room_id = r.id
             JOIN stream_keys k ON k.room_id = r.id AND k.revoked_at_ms IS NULL
@@ -475,7 +540,9 @@ public final class SQLiteStore: RoomStore, ViewerStore, AudienceStore, Sendable 
                 platformId: row["platform_id"], playMode: PlayMode(rawValue: row["play_mode"]), ownerId: row["owner_id"],
                 pushServer: row["push_server"], streamKey: try open(row["key_box"], room: id), keyExpiresAtMs: row["expires_at_ms"],
                 playURL: row["play_url"], platformRoomId: row["platform_room_id"], status: RoomStatus(rawValue: row["status"]),
-                createdAtMs: row["created_at_ms"], updatedAtMs: row["updated_at_ms"])
+                createdAtMs: row["created_at_ms"], updatedAtMs: row["updated_at_ms"], ingest: Ingest(rawValue: row["ingest"]),
+                platformPushServer: row["platform_push_server"],
+                platformStreamKey: try (row["platform_key_box"] as Data?).map { try open($0, room: "\(id)#platform") } ?? "")
         }
     }
 

@@ -15,7 +15,7 @@ public final class NginxRTMP: @unchecked Sendable {
 
     public let directory: URL
     public private(set) var port: Int
-    /// `on_publish`/`on_done` callbacks (an HTTP URL), if any.
+    /// `on_publish`/`on_publish_done` callbacks go to this HTTP base URL, if any.
     public let callbacks: String?
     /// Where nginx itself pushes every stream it receives (nginx-rtmp's `push`).
     public let pushTo: [String]
@@ -40,7 +40,7 @@ public final class NginxRTMP: @unchecked Sendable {
     public var config: String {
         var app = "live on; record off; idle_streams off;"
         if let callbacks {
-            app += " on_publish \(callbacks)/on_publish; on_done \(callbacks)/on_done; notify_method post;"
+            app += " on_publish \(callbacks)/on_publish; on_publish_done \(callbacks)/on_publish_done; notify_method post;"
         }
         for target in pushTo { app += " push \(target);" }
         let d = directory.path

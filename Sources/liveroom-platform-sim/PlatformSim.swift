@@ -7,6 +7,8 @@ import Logging
 import NIOCore
 import NIOPosix
 import ServiceLifecycle
+import LiveRoomTesting
+import NIOHTTP1
 
 /// liveroom-platform-sim: behaves like a third-party live platform behind a connector, with its
 /// own room ids, push servers and expiring keys. Flags make it slow or failing for tests and demos.
@@ -49,6 +51,15 @@ struct PlatformSim: AsyncParsableCommand {
     @Option(name: .customLong("reconnect-every"), help: "Drop the report stream after this many reports and resend what was not acknowledged (0: never).")
     var reconnectEvery = 0
 
+    @Option(name: .customLong("media-rtmp"), help: "The platform's media server (nginx-rtmp), rtmp://HOST:PORT/APP: handed out as push server and pull URL.")
+    var mediaRTMP: String?
+
+    @Option(name: .customLong("callbacks"), help: "HOST:PORT for the media server's on_publish/on_done callbacks (nginx-rtmp's notify).")
+    var callbacks: String?
+
+    @Flag(help: "Start a real nginx-rtmp of its own on a free port as the platform's media server (needs nginx and libnginx-mod-rtmp).")
+    var nginx = false
+
     func run() async throws {
         var listen: [Endpoint] = []
         if let socket { listen.append(.unix(path: socket)) }
@@ -56,7 +67,24 @@ struct PlatformSim: AsyncParsableCommand {
         guard !listen.isEmpty else { throw ValidationError("give --socket PATH and/or --tcp HOST:PORT") }
         var logger = Logger(label: "platform-sim")
         logger.logLevel = .info
+        var media = mediaRTMP
+        var callbackAddress = callbacks
+        if nginx && callbackAddress == nil { callbackAddress = "127.0.0.1:0" }
         let platform = SimPlatform(name: name, delayMs: delayMs, failing: fail, keyTTLMs: keyTTLSeconds * 1000, stateFile: stateFile)
+        var hooks: MediaHooks?
+        if let callbackAddress {
+            guard case .tcp(let host, let port) = try Endpoint.parseTCP(callbackAddress) else { throw ValidationError("--callbacks HOST:PORT") }
+            hooks = try await MediaHooks.start(host: host, port: port, platform: platform, logger: logger)
+        }
+        var mediaServer: NginxRTMP?
+        if nginx, let hooks {
+            let dir = FileManager.default.temporaryDirectory.appendingPathComponent("lr-sim-\(name)-\(UUID().uuidString.prefix(6))")
+            let n = try NginxRTMP(directory: dir, callbacks: "http://\(hooks.address)")
+            mediaServer = n
+            media = n.url
+        }
+        defer { mediaServer?.stop() }
+        await platform.setMedia(media)
         await platform.writeState()
         var registry = ServiceRegistry()
         platform.register(in: &registry)
@@ -70,7 +98,8 @@ struct PlatformSim: AsyncParsableCommand {
         }
         let server = RPCServer(configuration: configuration, registry: registry, logger: logger)
         let bound = try await server.start()
-        logger.info("platform-sim ready", metadata: ["name": "\(name)", "endpoints": "\(bound.map(\.description).joined(separator: " "))"])
+        logger.info("platform-sim ready", metadata: ["name": "\(name)", "endpoints": "\(bound.map(\.description).joined(separator: " "))",
+                                                     "media": "\(media ?? "none")", "callbacks": "\(hooks?.address ?? "none")"])
         var reporter: Task<Void, Never>?
         if let reportTo {
             let endpoint: Endpoint = reportTo.hasPrefix("unix:") ? .unix(path: String(reportTo.dropFirst(5))) : try Endpoint.parseTCP(reportTo)
@@ -83,6 +112,7 @@ struct PlatformSim: AsyncParsableCommand {
         let group = ServiceGroup(configuration: .init(services: [.init(service: server)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
         reporter?.cancel()
+        hooks?.stop()
     }
 }
 
@@ -97,6 +127,8 @@ actor SimPlatform {
         var status: Int32
         var closed: Bool
         var liveroomRoomId: String = ""
+        /// The media server says a publisher is on this room's key.
+        var live: Bool = false
     }
 
     let name: String
@@ -108,6 +140,29 @@ actor SimPlatform {
     private var byRequest: [String: String] = [:]
     private var cancelledRequests: Set<String> = []
     private var counter = 0
+    /// The media server's rtmp://HOST:PORT/APP, if the platform has one.
+    private(set) var media: String?
+
+    func setMedia(_ url: String?) { media = url }
+
+    /// nginx-rtmp's on_publish: may this key publish? A yes makes its room live.
+    func onPublish(key: String) -> Bool {
+        guard var room = rooms.values.first(where: { $0.key == key && !$0.closed }) else { return false }
+        room.live = true
+        room.status = RoomStatus.live.rawValue
+        rooms[room.id] = room
+        writeState()
+        return true
+    }
+
+    /// nginx-rtmp's on_done: the publisher of this key left.
+    func onDone(key: String) {
+        guard var room = rooms.values.first(where: { $0.key == key }) else { return }
+        room.live = false
+        if !room.closed { room.status = RoomStatus.notStarted.rawValue }
+        rooms[room.id] = room
+        writeState()
+    }
 
     init(name: String, delayMs: Int64, failing: Bool, keyTTLMs: Int64, stateFile: String?) {
         self.name = name
@@ -152,7 +207,7 @@ actor SimPlatform {
         }
         var out = CreatePlatformRoomResponse()
         out.platformRoomId = room.id
-        out.pushServer = "rtmp://push.\(name).example/live"
+        out.pushServer = media ?? "rtmp://push.\(name).example/live"
         out.streamKey = room.key
         out.keyExpiresAtMs = room.keyExpiresAtMs
         out.playUrl = "https://\(name).example/live/\(room.id)"
@@ -185,6 +240,7 @@ actor SimPlatform {
         var out = GetPlatformRoomStatusResponse()
         out.status = room.closed ? .ended : RoomStatus(rawValue: room.status)
         out.keyExpiresAtMs = room.keyExpiresAtMs
+        if let media, room.live && !room.closed { out.pullUrl = "\(media)/\(room.key)" }
         return out
     }
 

@@ -43,8 +43,72 @@ func describeRoom(_ r: Room) -> String {
         ("key status", r.keyStatus == .expired ? "expired (key invalid)" : shortName(r.keyStatus, "KEY_STATUS_")),
         ("key expires", time(r.keyExpiresAtMs)), ("play url", r.playUrl), ("owner", r.ownerId.isEmpty ? "-" : r.ownerId),
         ("created", time(r.createdAtMs)), ("request id", r.requestId),
-    ]
-    return rows.map { "\($0.0.padding(toLength: 12, withPad: " ", startingAt: 0)) \($0.1)" }.joined(separator: "\n")
+    ] + (r.ingest == .unspecified ? [] : [("ingest", shortName(r.ingest, "INGEST_"))])
+    var text = rows.map { "\($0.0.padding(toLength: 12, withPad: " ", startingAt: 0)) \($0.1)" }.joined(separator: "\n")
+    if !r.destinations.isEmpty { text += "\n\n" + destinationTable(r.destinations) }
+    return text
+}
+
+/// A room's destinations, a line each.
+func destinationTable(_ list: [Destination]) -> String {
+    table(["DESTINATION", "TARGET", "URL", "KEY", "STATE", "SENT", "KBIT/S", "RECONNECTS", "LAST ERROR"], list.map { d in
+        var state = shortName(d.state, "DESTINATION_STATE_")
+        if d.state == .retrying { state += " at \(time(d.nextAttemptAtMs))" }
+        return [d.destinationId, d.targetRoomId.isEmpty ? "rtmp" : "\(d.targetRoomId) (\(d.platformId))", d.url, d.streamKeyHint, state,
+                "\(d.bytesSent)", "\(d.bitrateBps / 1000)", "\(d.reconnects)", d.lastError.isEmpty ? "-" : d.lastError]
+    })
+}
+
+struct DestinationsCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "destinations", abstract: "Where a room's stream is relayed (simulcast): list, add, remove.",
+        subcommands: [List.self, Add.self, Remove.self], defaultSubcommand: List.self)
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "list", abstract: "List a room's destinations and how they are doing.")
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "Room id.") var room: String
+
+        func run() async throws {
+            var r = ListDestinationsRequest()
+            r.roomId = room
+            try await callAndPrint(global, RoomService.listDestinations, r) { destinationTable($0.destinations) }
+        }
+    }
+
+    struct Add: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "add", abstract: "Relay a room to another platform's room, or to a plain RTMP URL and key.")
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "Room id (the source).") var room: String
+        @Option(name: .customLong("target-room"), help: "A room on an external platform to publish to.") var targetRoom = ""
+        @Option(help: "rtmp://HOST[:PORT]/APP, as a platform hands out for OBS.") var url = ""
+        @Option(name: .customLong("key"), help: "The stream key for --url (or LIVEROOM_DESTINATION_KEY, kept out of the shell history).")
+        var key: String?
+
+        func run() async throws {
+            var r = AddDestinationRequest()
+            r.roomId = room
+            r.targetRoomId = targetRoom
+            r.url = url
+            r.streamKey = key ?? ProcessInfo.processInfo.environment["LIVEROOM_DESTINATION_KEY"] ?? ""
+            try await callAndPrint(global, RoomService.addDestination, r) { destinationTable([$0.destination ?? Destination()]) }
+        }
+    }
+
+    struct Remove: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "remove", abstract: "Stop relaying to a destination and forget it.")
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "Room id.") var room: String
+        @Argument(help: "Destination id.") var destination: String
+
+        func run() async throws {
+            var r = RemoveDestinationRequest()
+            r.roomId = room
+            r.destinationId = destination
+            try await callAndPrint(global, RoomService.removeDestination, r) { _ in "removed \(destination)" }
+        }
+    }
 }
 
 /// Columns padded to their widest cell.
@@ -82,9 +146,20 @@ struct CreateRoomCommand: AsyncParsableCommand {
     @Option(name: .customLong("play-mode"), help: "embedded (watch through us) or external (jump to the platform).") var playMode: String?
     @Option(help: "The broadcaster's user id.") var owner = ""
     @Option(name: .customLong("request-id"), help: "Idempotency key: the same id returns the same room.") var requestId = ""
+    @Option(help: "External platforms: relay (publish to us, we publish to the platform) or direct (publish to the platform, we mirror).")
+    var ingest: String?
+    @Option(name: .customLong("simulcast"), help: "Also create a room on this external platform and relay to it (repeatable).")
+    var simulcast: [String] = []
 
     func run() async throws {
         var r = CreateRoomRequest()
+        switch ingest {
+        case nil: break
+        case "relay": r.ingest = .relay
+        case "direct": r.ingest = .direct
+        default: throw ValidationError("--ingest is relay or direct")
+        }
+        r.simulcastPlatformIds = simulcast
         r.platformId = platform
         r.title = title
         switch kind {
@@ -102,6 +177,7 @@ struct CreateRoomCommand: AsyncParsableCommand {
         r.requestId = requestId
         try await callAndPrint(global, RoomService.createRoom, r) { response in
             (response.created ? "" : "(already created by this request id)\n") + describeRoom(response.room ?? Room())
+                + response.linkedRooms.map { "\n\nsimulcast to \($0.platformId):\n" + describeRoom($0) }.joined()
         }
     }
 }

@@ -96,6 +96,10 @@ final class MemoryStore: RoomStore, ViewerStore, AudienceStore {
         rooms.withLock { Array($0.values) }.filter { query.platformId == nil || $0.platformId == query.platformId }
     }
     func delete(id: String) async throws { rooms.withLock { $0[id] = nil } }
+    func openRooms(ingest: Ingest) async throws -> [String] {
+        rooms.withLock { $0.values.filter { $0.ingest == ingest && $0.status != .ended }.map(\.id) }
+    }
+
     func roomId(forStreamKey key: String) async throws -> String? {
         rooms.withLock { $0.values.first { $0.streamKey == key }?.id }
     }

@@ -47,6 +47,7 @@ public enum AllMessages {
         ListViewersRequest.self,
         Viewer.self,
         ListViewersResponse.self,
+        Destination.self,
         Money.self,
         Room.self,
         Platform.self,
@@ -81,5 +82,11 @@ public enum AllMessages {
         CloseRoomResponse.self,
         ListPlatformsRequest.self,
         ListPlatformsResponse.self,
+        AddDestinationRequest.self,
+        AddDestinationResponse.self,
+        RemoveDestinationRequest.self,
+        RemoveDestinationResponse.self,
+        ListDestinationsRequest.self,
+        ListDestinationsResponse.self,
     ]
 }

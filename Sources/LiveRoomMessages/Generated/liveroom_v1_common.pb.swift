@@ -57,6 +57,91 @@ public struct KeyStatus: ProtoEnum {
     public static let protoDescriptor = LiveRoomDescriptors.enumeration("liveroom.v1.KeyStatus")
 }
 
+/// `liveroom.v1.Ingest`: an open enum, so values unknown to this build survive a round trip.
+public struct Ingest: ProtoEnum {
+    public var rawValue: Int32
+
+    public init(rawValue: Int32) { self.rawValue = rawValue }
+
+    public static let unspecified = Ingest(rawValue: 0)
+    public static let relay = Ingest(rawValue: 1)
+    public static let direct = Ingest(rawValue: 2)
+
+    public static let protoDescriptor = LiveRoomDescriptors.enumeration("liveroom.v1.Ingest")
+}
+
+/// `liveroom.v1.DestinationState`: an open enum, so values unknown to this build survive a round trip.
+public struct DestinationState: ProtoEnum {
+    public var rawValue: Int32
+
+    public init(rawValue: Int32) { self.rawValue = rawValue }
+
+    public static let unspecified = DestinationState(rawValue: 0)
+    public static let idle = DestinationState(rawValue: 1)
+    public static let connecting = DestinationState(rawValue: 2)
+    public static let live = DestinationState(rawValue: 3)
+    public static let retrying = DestinationState(rawValue: 4)
+    public static let failed = DestinationState(rawValue: 5)
+
+    public static let protoDescriptor = LiveRoomDescriptors.enumeration("liveroom.v1.DestinationState")
+}
+
+/// `liveroom.v1.Destination`
+public struct Destination: ProtoMessage {
+    public var destinationId: String = ""
+    public var roomId: String = ""
+    public var targetRoomId: String = ""
+    public var platformId: String = ""
+    public var url: String = ""
+    public var streamKeyHint: String = ""
+    public var state: DestinationState = DestinationState(rawValue: 0)
+    public var lastError: String = ""
+    public var nextAttemptAtMs: Int64 = 0
+    public var bytesSent: UInt64 = 0
+    public var bitrateBps: Int64 = 0
+    public var reconnects: UInt64 = 0
+    public var liveSinceMs: Int64 = 0
+    public var createdAtMs: Int64 = 0
+
+    public static let protoDescriptor = LiveRoomDescriptors.message("liveroom.v1.Destination")
+
+    public init() {}
+
+    public init(reader r: ProtoReader) throws {
+        self.destinationId = try r.string(0)
+        self.roomId = try r.string(1)
+        self.targetRoomId = try r.string(2)
+        self.platformId = try r.string(3)
+        self.url = try r.string(4)
+        self.streamKeyHint = try r.string(5)
+        self.state = DestinationState(rawValue: r.int32(6))
+        self.lastError = try r.string(7)
+        self.nextAttemptAtMs = r.int64(8)
+        self.bytesSent = r.uint64(9)
+        self.bitrateBps = r.int64(10)
+        self.reconnects = r.uint64(11)
+        self.liveSinceMs = r.int64(12)
+        self.createdAtMs = r.int64(13)
+    }
+
+    public func write(to w: inout ProtoWriter) throws {
+        if !destinationId.isEmpty { try w.string(0, destinationId) }
+        if !roomId.isEmpty { try w.string(1, roomId) }
+        if !targetRoomId.isEmpty { try w.string(2, targetRoomId) }
+        if !platformId.isEmpty { try w.string(3, platformId) }
+        if !url.isEmpty { try w.string(4, url) }
+        if !streamKeyHint.isEmpty { try w.string(5, streamKeyHint) }
+        if state.rawValue != 0 { w.int32(6, state.rawValue) }
+        if !lastError.isEmpty { try w.string(7, lastError) }
+        if nextAttemptAtMs != 0 { w.int64(8, nextAttemptAtMs) }
+        if bytesSent != 0 { w.uint64(9, bytesSent) }
+        if bitrateBps != 0 { w.int64(10, bitrateBps) }
+        if reconnects != 0 { w.uint64(11, reconnects) }
+        if liveSinceMs != 0 { w.int64(12, liveSinceMs) }
+        if createdAtMs != 0 { w.int64(13, createdAtMs) }
+    }
+}
+
 /// `liveroom.v1.Money`
 public struct Money: ProtoMessage {
     public var minorUnits: Int64 = 0
@@ -95,6 +180,8 @@ public struct Room: ProtoMessage {
     public var updatedAtMs: Int64 = 0
     public var platformRoomId: String = ""
     public var requestId: String = ""
+    public var ingest: Ingest = Ingest(rawValue: 0)
+    public var destinations: [Destination] = []
 
     public static let protoDescriptor = LiveRoomDescriptors.message("liveroom.v1.Room")
 
@@ -117,6 +204,8 @@ public struct Room: ProtoMessage {
         self.updatedAtMs = r.int64(13)
         self.platformRoomId = try r.string(14)
         self.requestId = try r.string(15)
+        self.ingest = Ingest(rawValue: r.int32(16))
+        self.destinations = try r.repeatedMessage(17, as: Destination.self)
     }
 
     public func write(to w: inout ProtoWriter) throws {
@@ -136,6 +225,8 @@ public struct Room: ProtoMessage {
         if updatedAtMs != 0 { w.int64(13, updatedAtMs) }
         if !platformRoomId.isEmpty { try w.string(14, platformRoomId) }
         if !requestId.isEmpty { try w.string(15, requestId) }
+        if ingest.rawValue != 0 { w.int32(16, ingest.rawValue) }
+        try w.repeatedMessage(17, destinations)
     }
 }
 

@@ -124,6 +124,7 @@ public struct GetPlatformRoomStatusResponse: ProtoMessage {
     public var status: RoomStatus = RoomStatus(rawValue: 0)
     public var viewersOnline: Int64 = 0
     public var keyExpiresAtMs: Int64 = 0
+    public var pullUrl: String = ""
 
     public static let protoDescriptor = LiveRoomDescriptors.message("liveroom.v1.GetPlatformRoomStatusResponse")
 
@@ -133,12 +134,14 @@ public struct GetPlatformRoomStatusResponse: ProtoMessage {
         self.status = RoomStatus(rawValue: r.int32(0))
         self.viewersOnline = r.int64(1)
         self.keyExpiresAtMs = r.int64(2)
+        self.pullUrl = try r.string(3)
     }
 
     public func write(to w: inout ProtoWriter) throws {
         if status.rawValue != 0 { w.int32(0, status.rawValue) }
         if viewersOnline != 0 { w.int64(1, viewersOnline) }
         if keyExpiresAtMs != 0 { w.int64(2, keyExpiresAtMs) }
+        if !pullUrl.isEmpty { try w.string(3, pullUrl) }
     }
 }
 

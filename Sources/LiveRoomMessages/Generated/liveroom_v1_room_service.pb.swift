@@ -12,6 +12,8 @@ public struct CreateRoomRequest: ProtoMessage {
     public var playMode: PlayMode = PlayMode(rawValue: 0)
     public var ownerId: String = ""
     public var requestId: String = ""
+    public var ingest: Ingest = Ingest(rawValue: 0)
+    public var simulcastPlatformIds: [String] = []
 
     public static let protoDescriptor = LiveRoomDescriptors.message("liveroom.v1.CreateRoomRequest")
 
@@ -24,6 +26,8 @@ public struct CreateRoomRequest: ProtoMessage {
         self.playMode = PlayMode(rawValue: r.int32(3))
         self.ownerId = try r.string(4)
         self.requestId = try r.string(5)
+        self.ingest = Ingest(rawValue: r.int32(6))
+        self.simulcastPlatformIds = try r.repeatedString(7)
     }
 
     public func write(to w: inout ProtoWriter) throws {
@@ -33,6 +37,8 @@ public struct CreateRoomRequest: ProtoMessage {
         if playMode.rawValue != 0 { w.int32(3, playMode.rawValue) }
         if !ownerId.isEmpty { try w.string(4, ownerId) }
         if !requestId.isEmpty { try w.string(5, requestId) }
+        if ingest.rawValue != 0 { w.int32(6, ingest.rawValue) }
+        try w.repeatedString(7, simulcastPlatformIds)
     }
 }
 
@@ -40,6 +46,7 @@ public struct CreateRoomRequest: ProtoMessage {
 public struct CreateRoomResponse: ProtoMessage {
     public var room: Room? = nil
     public var created: Bool = false
+    public var linkedRooms: [Room] = []
 
     public static let protoDescriptor = LiveRoomDescriptors.message("liveroom.v1.CreateRoomResponse")
 
@@ -48,11 +55,13 @@ public struct CreateRoomResponse: ProtoMessage {
     public init(reader r: ProtoReader) throws {
         self.room = try r.message(0, as: Room.self)
         self.created = r.bool(1)
+        self.linkedRooms = try r.repeatedMessage(2, as: Room.self)
     }
 
     public func write(to w: inout ProtoWriter) throws {
         try w.message(0, room)
         if created { w.bool(1, created) }
+        try w.repeatedMessage(2, linkedRooms)
     }
 }
 
@@ -272,6 +281,117 @@ public struct ListPlatformsResponse: ProtoMessage {
     }
 }
 
+/// `liveroom.v1.AddDestinationRequest`
+public struct AddDestinationRequest: ProtoMessage {
+    public var roomId: String = ""
+    public var targetRoomId: String = ""
+    public var url: String = ""
+    public var streamKey: String = ""
+
+    public static let protoDescriptor = LiveRoomDescriptors.message("liveroom.v1.AddDestinationRequest")
+
+    public init() {}
+
+    public init(reader r: ProtoReader) throws {
+        self.roomId = try r.string(0)
+        self.targetRoomId = try r.string(1)
+        self.url = try r.string(2)
+        self.streamKey = try r.string(3)
+    }
+
+    public func write(to w: inout ProtoWriter) throws {
+        if !roomId.isEmpty { try w.string(0, roomId) }
+        if !targetRoomId.isEmpty { try w.string(1, targetRoomId) }
+        if !url.isEmpty { try w.string(2, url) }
+        if !streamKey.isEmpty { try w.string(3, streamKey) }
+    }
+}
+
+/// `liveroom.v1.AddDestinationResponse`
+public struct AddDestinationResponse: ProtoMessage {
+    public var destination: Destination? = nil
+
+    public static let protoDescriptor = LiveRoomDescriptors.message("liveroom.v1.AddDestinationResponse")
+
+    public init() {}
+
+    public init(reader r: ProtoReader) throws {
+        self.destination = try r.message(0, as: Destination.self)
+    }
+
+    public func write(to w: inout ProtoWriter) throws {
+        try w.message(0, destination)
+    }
+}
+
+/// `liveroom.v1.RemoveDestinationRequest`
+public struct RemoveDestinationRequest: ProtoMessage {
+    public var roomId: String = ""
+    public var destinationId: String = ""
+
+    public static let protoDescriptor = LiveRoomDescriptors.message("liveroom.v1.RemoveDestinationRequest")
+
+    public init() {}
+
+    public init(reader r: ProtoReader) throws {
+        self.roomId = try r.string(0)
+        self.destinationId = try r.string(1)
+    }
+
+    public func write(to w: inout ProtoWriter) throws {
+        if !roomId.isEmpty { try w.string(0, roomId) }
+        if !destinationId.isEmpty { try w.string(1, destinationId) }
+    }
+}
+
+/// `liveroom.v1.RemoveDestinationResponse`
+public struct RemoveDestinationResponse: ProtoMessage {
+
+    public static let protoDescriptor = LiveRoomDescriptors.message("liveroom.v1.RemoveDestinationResponse")
+
+    public init() {}
+
+    public init(reader r: ProtoReader) throws {
+    }
+
+    public func write(to w: inout ProtoWriter) throws {
+    }
+}
+
+/// `liveroom.v1.ListDestinationsRequest`
+public struct ListDestinationsRequest: ProtoMessage {
+    public var roomId: String = ""
+
+    public static let protoDescriptor = LiveRoomDescriptors.message("liveroom.v1.ListDestinationsRequest")
+
+    public init() {}
+
+    public init(reader r: ProtoReader) throws {
+        self.roomId = try r.string(0)
+    }
+
+    public func write(to w: inout ProtoWriter) throws {
+        if !roomId.isEmpty { try w.string(0, roomId) }
+    }
+}
+
+/// `liveroom.v1.ListDestinationsResponse`
+public struct ListDestinationsResponse: ProtoMessage {
+    public var destinations: [Destination] = []
+
+    public static let protoDescriptor = LiveRoomDescriptors.message("liveroom.v1.ListDestinationsResponse")
+
+    public init() {}
+
+    public init(reader r: ProtoReader) throws {
+        self.destinations = try r.repeatedMessage(0, as: Destination.self)
+    }
+
+    public func write(to w: inout ProtoWriter) throws {
+        try w.repeatedMessage(0, destinations)
+    }
+}
+
 /// Methods of `liveroom.v1.RoomService`.
 public enum RoomService {
     public static let name = "liveroom.v1.RoomService"
@@ -290,6 +410,12 @@ public enum RoomService {
         MethodInfo(service: name, name: "CloseRoom", kind: .unary, inputType: "liveroom.v1.CloseRoomRequest", outputType: "liveroom.v1.CloseRoomResponse"))
     public static let listPlatforms = ProtoMethod<ListPlatformsRequest, ListPlatformsResponse>(
         MethodInfo(service: name, name: "ListPlatforms", kind: .unary, inputType: "liveroom.v1.ListPlatformsRequest", outputType: "liveroom.v1.ListPlatformsResponse"))
+    public static let addDestination = ProtoMethod<AddDestinationRequest, AddDestinationResponse>(
+        MethodInfo(service: name, name: "AddDestination", kind: .unary, inputType: "liveroom.v1.AddDestinationRequest", outputType: "liveroom.v1.AddDestinationResponse"))
+    public static let removeDestination = ProtoMethod<RemoveDestinationRequest, RemoveDestinationResponse>(
+        MethodInfo(service: name, name: "RemoveDestination", kind: .unary, inputType: "liveroom.v1.RemoveDestinationRequest", outputType: "liveroom.v1.RemoveDestinationResponse"))
+    public static let listDestinations = ProtoMethod<ListDestinationsRequest, ListDestinationsResponse>(
+        MethodInfo(service: name, name: "ListDestinations", kind: .unary, inputType: "liveroom.v1.ListDestinationsRequest", outputType: "liveroom.v1.ListDestinationsResponse"))
 
-    public static let methods: [MethodInfo] = [createRoom.info, getRoom.info, listRooms.info, refreshRoom.info, rotateKey.info, closeRoom.info, listPlatforms.info]
+    public static let methods: [MethodInfo] = [createRoom.info, getRoom.info, listRooms.info, refreshRoom.info, rotateKey.info, closeRoom.info, listPlatforms.info, addDestination.info, removeDestination.info, listDestinations.info]
 }

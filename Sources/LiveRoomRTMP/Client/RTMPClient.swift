@@ -159,7 +159,7 @@ public enum RTMPClient {
     public static func play(
         from server: RTMPURL, stream: String, configuration: Configuration = Configuration(),
         group: EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
-        onMessage: @Sendable (RTMPMessage) async throws -> Void
+        onMessage: (RTMPMessage) async throws -> Void
     ) async throws {
         let (connection, handshake) = try await connect(server, configuration, group, readTimeout: configuration.readTimeout)
         try await run(connection) { inbound, outbound in
@@ -175,9 +175,12 @@ public enum RTMPClient {
             do {
                 while let message = try await it.next() {
                     switch message.type {
-                    case .audio, .video, .dataAMF0, .dataAMF3, .aggregate:
+                    case .audio, .video, .dataAMF0, .dataAMF3:
                         media = true
                         try await onMessage(message)
+                    case .aggregate:
+                        media = true
+                        for part in try RTMPSession.split(aggregate: message) { try await onMessage(part) }
                     default:
                         if let status = conversation.control(message) {
                             if status.isError { throw RTMPClientError.refused("the server refused to play \(stream): \(status)") }

@@ -7,6 +7,51 @@
 #endif
 
 #include "liveroom/v1/common.pb-c.h"
+void   liveroom__v1__destination__init
+                     (Liveroom__V1__Destination         *message)
+{
+  static const Liveroom__V1__Destination init_value = LIVEROOM__V1__DESTINATION__INIT;
+  *message = init_value;
+}
+size_t liveroom__v1__destination__get_packed_size
+                     (const Liveroom__V1__Destination *message)
+{
+  assert(message->base.descriptor == &liveroom__v1__destination__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t liveroom__v1__destination__pack
+                     (const Liveroom__V1__Destination *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &liveroom__v1__destination__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t liveroom__v1__destination__pack_to_buffer
+                     (const Liveroom__V1__Destination *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &liveroom__v1__destination__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Liveroom__V1__Destination *
+       liveroom__v1__destination__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Liveroom__V1__Destination *)
+     protobuf_c_message_unpack (&liveroom__v1__destination__descriptor,
+                                allocator, len, data);
+}
+void   liveroom__v1__destination__free_unpacked
+                     (Liveroom__V1__Destination *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &liveroom__v1__destination__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 void   liveroom__v1__money__init
                      (Liveroom__V1__Money         *message)
 {
@@ -187,6 +232,213 @@ void   liveroom__v1__media_chunk__free_unpacked
   assert(message->base.descriptor == &liveroom__v1__media_chunk__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+static const ProtobufCFieldDescriptor liveroom__v1__destination__field_descriptors[14] =
+{
+  {
+    "destination_id",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Liveroom__V1__Destination, destination_id),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "room_id",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Liveroom__V1__Destination, room_id),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "target_room_id",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Liveroom__V1__Destination, target_room_id),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "platform_id",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Liveroom__V1__Destination, platform_id),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "url",
+    5,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Liveroom__V1__Destination, url),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "stream_key_hint",
+    6,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Liveroom__V1__Destination, stream_key_hint),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "state",
+    7,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_ENUM,
+    0,   /* quantifier_offset */
+    offsetof(Liveroom__V1__Destination, state),
+    &liveroom__v1__destination_state__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "last_error",
+    8,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Liveroom__V1__Destination, last_error),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "next_attempt_at_ms",
+    9,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_INT64,
+    0,   /* quantifier_offset */
+    offsetof(Liveroom__V1__Destination, next_attempt_at_ms),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "bytes_sent",
+    10,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Liveroom__V1__Destination, bytes_sent),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "bitrate_bps",
+    11,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_INT64,
+    0,   /* quantifier_offset */
+    offsetof(Liveroom__V1__Destination, bitrate_bps),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "reconnects",
+    12,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Liveroom__V1__Destination, reconnects),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "live_since_ms",
+    13,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_INT64,
+    0,   /* quantifier_offset */
+    offsetof(Liveroom__V1__Destination, live_since_ms),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "created_at_ms",
+    14,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_INT64,
+    0,   /* quantifier_offset */
+    offsetof(Liveroom__V1__Destination, created_at_ms),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned liveroom__v1__destination__field_indices_by_name[] = {
+  10,   /* field[10] = bitrate_bps */
+  9,   /* field[9] = bytes_sent */
+  13,   /* field[13] = created_at_ms */
+  0,   /* field[0] = destination_id */
+  7,   /* field[7] = last_error */
+  12,   /* field[12] = live_since_ms */
+  8,   /* field[8] = next_attempt_at_ms */
+  3,   /* field[3] = platform_id */
+  11,   /* field[11] = reconnects */
+  1,   /* field[1] = room_id */
+  6,   /* field[6] = state */
+  5,   /* field[5] = stream_key_hint */
+  2,   /* field[2] = target_room_id */
+  4,   /* field[4] = url */
+};
+static const ProtobufCIntRange liveroom__v1__destination__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 14 }
+};
+const ProtobufCMessageDescriptor liveroom__v1__destination__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "liveroom.v1.Destination",
+  "Destination",
+  "Liveroom__V1__Destination",
+  "liveroom.v1",
+  sizeof(Liveroom__V1__Destination),
+  14,
+  liveroom__v1__destination__field_descriptors,
+  liveroom__v1__destination__field_indices_by_name,
+  1,  liveroom__v1__destination__number_ranges,
+  (ProtobufCMessageInit) liveroom__v1__destination__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
 static const ProtobufCFieldDescriptor liveroom__v1__money__field_descriptors[2] =
 {
   {
@@ -238,7 +490,7 @@ const ProtobufCMessageDescriptor liveroom__v1__money__descriptor =
   (ProtobufCMessageInit) liveroom__v1__money__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor liveroom__v1__room__field_descriptors[16] =
+static const ProtobufCFieldDescriptor liveroom__v1__room__field_descriptors[18] =
 {
   {
     "room_id",
@@ -432,9 +684,35 @@ static const ProtobufCFieldDescriptor liveroom__v1__room__field_descriptors[16] 
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "ingest",
+    17,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_ENUM,
+    0,   /* quantifier_offset */
+    offsetof(Liveroom__V1__Room, ingest),
+    &liveroom__v1__ingest__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "destinations",
+    18,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Liveroom__V1__Room, n_destinations),
+    offsetof(Liveroom__V1__Room, destinations),
+    &liveroom__v1__destination__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned liveroom__v1__room__field_indices_by_name[] = {
   12,   /* field[12] = created_at_ms */
+  17,   /* field[17] = destinations */
+  16,   /* field[16] = ingest */
   11,   /* field[11] = key_expires_at_ms */
   10,   /* field[10] = key_status */
   2,   /* field[2] = kind */
@@ -454,7 +732,7 @@ static const unsigned liveroom__v1__room__field_indices_by_name[] = {
 static const ProtobufCIntRange liveroom__v1__room__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 16 }
+  { 0, 18 }
 };
 const ProtobufCMessageDescriptor liveroom__v1__room__descriptor =
 {
@@ -464,7 +742,7 @@ const ProtobufCMessageDescriptor liveroom__v1__room__descriptor =
   "Liveroom__V1__Room",
   "liveroom.v1",
   sizeof(Liveroom__V1__Room),
-  16,
+  18,
   liveroom__v1__room__field_descriptors,
   liveroom__v1__room__field_indices_by_name,
   1,  liveroom__v1__room__number_ranges,
@@ -823,5 +1101,71 @@ const ProtobufCEnumDescriptor liveroom__v1__key_status__descriptor =
   liveroom__v1__key_status__enum_values_by_name,
   1,
   liveroom__v1__key_status__value_ranges,
+  NULL,NULL,NULL,NULL   /* reserved[1234] */
+};
+static const ProtobufCEnumValue liveroom__v1__ingest__enum_values_by_number[3] =
+{
+  { "INGEST_UNSPECIFIED", "LIVEROOM__V1__INGEST__INGEST_UNSPECIFIED", 0 },
+  { "INGEST_RELAY", "LIVEROOM__V1__INGEST__INGEST_RELAY", 1 },
+  { "INGEST_DIRECT", "LIVEROOM__V1__INGEST__INGEST_DIRECT", 2 },
+};
+static const ProtobufCIntRange liveroom__v1__ingest__value_ranges[] = {
+{0, 0},{0, 3}
+};
+static const ProtobufCEnumValueIndex liveroom__v1__ingest__enum_values_by_name[3] =
+{
+  { "INGEST_DIRECT", 2 },
+  { "INGEST_RELAY", 1 },
+  { "INGEST_UNSPECIFIED", 0 },
+};
+const ProtobufCEnumDescriptor liveroom__v1__ingest__descriptor =
+{
+  PROTOBUF_C__ENUM_DESCRIPTOR_MAGIC,
+  "liveroom.v1.Ingest",
+  "Ingest",
+  "Liveroom__V1__Ingest",
+  "liveroom.v1",
+  3,
+  liveroom__v1__ingest__enum_values_by_number,
+  3,
+  liveroom__v1__ingest__enum_values_by_name,
+  1,
+  liveroom__v1__ingest__value_ranges,
+  NULL,NULL,NULL,NULL   /* reserved[1234] */
+};
+static const ProtobufCEnumValue liveroom__v1__destination_state__enum_values_by_number[6] =
+{
+  { "DESTINATION_STATE_UNSPECIFIED", "LIVEROOM__V1__DESTINATION_STATE__DESTINATION_STATE_UNSPECIFIED", 0 },
+  { "DESTINATION_STATE_IDLE", "LIVEROOM__V1__DESTINATION_STATE__DESTINATION_STATE_IDLE", 1 },
+  { "DESTINATION_STATE_CONNECTING", "LIVEROOM__V1__DESTINATION_STATE__DESTINATION_STATE_CONNECTING", 2 },
+  { "DESTINATION_STATE_LIVE", "LIVEROOM__V1__DESTINATION_STATE__DESTINATION_STATE_LIVE", 3 },
+  { "DESTINATION_STATE_RETRYING", "LIVEROOM__V1__DESTINATION_STATE__DESTINATION_STATE_RETRYING", 4 },
+  { "DESTINATION_STATE_FAILED", "LIVEROOM__V1__DESTINATION_STATE__DESTINATION_STATE_FAILED", 5 },
+};
+static const ProtobufCIntRange liveroom__v1__destination_state__value_ranges[] = {
+{0, 0},{0, 6}
+};
+static const ProtobufCEnumValueIndex liveroom__v1__destination_state__enum_values_by_name[6] =
+{
+  { "DESTINATION_STATE_CONNECTING", 2 },
+  { "DESTINATION_STATE_FAILED", 5 },
+  { "DESTINATION_STATE_IDLE", 1 },
+  { "DESTINATION_STATE_LIVE", 3 },
+  { "DESTINATION_STATE_RETRYING", 4 },
+  { "DESTINATION_STATE_UNSPECIFIED", 0 },
+};
+const ProtobufCEnumDescriptor liveroom__v1__destination_state__descriptor =
+{
+  PROTOBUF_C__ENUM_DESCRIPTOR_MAGIC,
+  "liveroom.v1.DestinationState",
+  "DestinationState",
+  "Liveroom__V1__DestinationState",
+  "liveroom.v1",
+  6,
+  liveroom__v1__destination_state__enum_values_by_number,
+  6,
+  liveroom__v1__destination_state__enum_values_by_name,
+  1,
+  liveroom__v1__destination_state__value_ranges,
   NULL,NULL,NULL,NULL   /* reserved[1234] */
 };

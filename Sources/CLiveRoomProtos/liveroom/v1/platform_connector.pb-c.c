@@ -687,7 +687,7 @@ const ProtobufCMessageDescriptor liveroom__v1__get_platform_room_status_request_
   (ProtobufCMessageInit) liveroom__v1__get_platform_room_status_request__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor liveroom__v1__get_platform_room_status_response__field_descriptors[3] =
+static const ProtobufCFieldDescriptor liveroom__v1__get_platform_room_status_response__field_descriptors[4] =
 {
   {
     "status",
@@ -725,16 +725,29 @@ static const ProtobufCFieldDescriptor liveroom__v1__get_platform_room_status_res
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "pull_url",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Liveroom__V1__GetPlatformRoomStatusResponse, pull_url),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned liveroom__v1__get_platform_room_status_response__field_indices_by_name[] = {
   2,   /* field[2] = key_expires_at_ms */
+  3,   /* field[3] = pull_url */
   0,   /* field[0] = status */
   1,   /* field[1] = viewers_online */
 };
 static const ProtobufCIntRange liveroom__v1__get_platform_room_status_response__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 3 }
+  { 0, 4 }
 };
 const ProtobufCMessageDescriptor liveroom__v1__get_platform_room_status_response__descriptor =
 {
@@ -744,7 +757,7 @@ const ProtobufCMessageDescriptor liveroom__v1__get_platform_room_status_response
   "Liveroom__V1__GetPlatformRoomStatusResponse",
   "liveroom.v1",
   sizeof(Liveroom__V1__GetPlatformRoomStatusResponse),
-  3,
+  4,
   liveroom__v1__get_platform_room_status_response__field_descriptors,
   liveroom__v1__get_platform_room_status_response__field_indices_by_name,
   1,  liveroom__v1__get_platform_room_status_response__number_ranges,

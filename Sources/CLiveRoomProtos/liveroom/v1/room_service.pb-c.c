@@ -637,7 +637,277 @@ void   liveroom__v1__list_platforms_response__free_unpacked
   assert(message->base.descriptor == &liveroom__v1__list_platforms_response__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
-static const ProtobufCFieldDescriptor liveroom__v1__create_room_request__field_descriptors[6] =
+void   liveroom__v1__add_destination_request__init
+                     (Liveroom__V1__AddDestinationRequest         *message)
+{
+  static const Liveroom__V1__AddDestinationRequest init_value = LIVEROOM__V1__ADD_DESTINATION_REQUEST__INIT;
+  *message = init_value;
+}
+size_t liveroom__v1__add_destination_request__get_packed_size
+                     (const Liveroom__V1__AddDestinationRequest *message)
+{
+  assert(message->base.descriptor == &liveroom__v1__add_destination_request__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t liveroom__v1__add_destination_request__pack
+                     (const Liveroom__V1__AddDestinationRequest *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &liveroom__v1__add_destination_request__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t liveroom__v1__add_destination_request__pack_to_buffer
+                     (const Liveroom__V1__AddDestinationRequest *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &liveroom__v1__add_destination_request__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Liveroom__V1__AddDestinationRequest *
+       liveroom__v1__add_destination_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Liveroom__V1__AddDestinationRequest *)
+     protobuf_c_message_unpack (&liveroom__v1__add_destination_request__descriptor,
+                                allocator, len, data);
+}
+void   liveroom__v1__add_destination_request__free_unpacked
+                     (Liveroom__V1__AddDestinationRequest *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &liveroom__v1__add_destination_request__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   liveroom__v1__add_destination_response__init
+                     (Liveroom__V1__AddDestinationResponse         *message)
+{
+  static const Liveroom__V1__AddDestinationResponse init_value = LIVEROOM__V1__ADD_DESTINATION_RESPONSE__INIT;
+  *message = init_value;
+}
+size_t liveroom__v1__add_destination_response__get_packed_size
+                     (const Liveroom__V1__AddDestinationResponse *message)
+{
+  assert(message->base.descriptor == &liveroom__v1__add_destination_response__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t liveroom__v1__add_destination_response__pack
+                     (const Liveroom__V1__AddDestinationResponse *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &liveroom__v1__add_destination_response__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t liveroom__v1__add_destination_response__pack_to_buffer
+                     (const Liveroom__V1__AddDestinationResponse *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &liveroom__v1__add_destination_response__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Liveroom__V1__AddDestinationResponse *
+       liveroom__v1__add_destination_response__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Liveroom__V1__AddDestinationResponse *)
+     protobuf_c_message_unpack (&liveroom__v1__add_destination_response__descriptor,
+                                allocator, len, data);
+}
+void   liveroom__v1__add_destination_response__free_unpacked
+                     (Liveroom__V1__AddDestinationResponse *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &liveroom__v1__add_destination_response__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   liveroom__v1__remove_destination_request__init
+                     (Liveroom__V1__RemoveDestinationRequest         *message)
+{
+  static const Liveroom__V1__RemoveDestinationRequest init_value = LIVEROOM__V1__REMOVE_DESTINATION_REQUEST__INIT;
+  *message = init_value;
+}
+size_t liveroom__v1__remove_destination_request__get_packed_size
+                     (const Liveroom__V1__RemoveDestinationRequest *message)
+{
+  assert(message->base.descriptor == &liveroom__v1__remove_destination_request__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t liveroom__v1__remove_destination_request__pack
+                     (const Liveroom__V1__RemoveDestinationRequest *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &liveroom__v1__remove_destination_request__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t liveroom__v1__remove_destination_request__pack_to_buffer
+                     (const Liveroom__V1__RemoveDestinationRequest *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &liveroom__v1__remove_destination_request__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Liveroom__V1__RemoveDestinationRequest *
+       liveroom__v1__remove_destination_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Liveroom__V1__RemoveDestinationRequest *)
+     protobuf_c_message_unpack (&liveroom__v1__remove_destination_request__descriptor,
+                                allocator, len, data);
+}
+void   liveroom__v1__remove_destination_request__free_unpacked
+                     (Liveroom__V1__RemoveDestinationRequest *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &liveroom__v1__remove_destination_request__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   liveroom__v1__remove_destination_response__init
+                     (Liveroom__V1__RemoveDestinationResponse         *message)
+{
+  static const Liveroom__V1__RemoveDestinationResponse init_value = LIVEROOM__V1__REMOVE_DESTINATION_RESPONSE__INIT;
+  *message = init_value;
+}
+size_t liveroom__v1__remove_destination_response__get_packed_size
+                     (const Liveroom__V1__RemoveDestinationResponse *message)
+{
+  assert(message->base.descriptor == &liveroom__v1__remove_destination_response__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t liveroom__v1__remove_destination_response__pack
+                     (const Liveroom__V1__RemoveDestinationResponse *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &liveroom__v1__remove_destination_response__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t liveroom__v1__remove_destination_response__pack_to_buffer
+                     (const Liveroom__V1__RemoveDestinationResponse *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &liveroom__v1__remove_destination_response__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Liveroom__V1__RemoveDestinationResponse *
+       liveroom__v1__remove_destination_response__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Liveroom__V1__RemoveDestinationResponse *)
+     protobuf_c_message_unpack (&liveroom__v1__remove_destination_response__descriptor,
+                                allocator, len, data);
+}
+void   liveroom__v1__remove_destination_response__free_unpacked
+                     (Liveroom__V1__RemoveDestinationResponse *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &liveroom__v1__remove_destination_response__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   liveroom__v1__list_destinations_request__init
+                     (Liveroom__V1__ListDestinationsRequest         *message)
+{
+  static const Liveroom__V1__ListDestinationsRequest init_value = LIVEROOM__V1__LIST_DESTINATIONS_REQUEST__INIT;
+  *message = init_value;
+}
+size_t liveroom__v1__list_destinations_request__get_packed_size
+                     (const Liveroom__V1__ListDestinationsRequest *message)
+{
+  assert(message->base.descriptor == &liveroom__v1__list_destinations_request__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t liveroom__v1__list_destinations_request__pack
+                     (const Liveroom__V1__ListDestinationsRequest *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &liveroom__v1__list_destinations_request__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t liveroom__v1__list_destinations_request__pack_to_buffer
+                     (const Liveroom__V1__ListDestinationsRequest *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &liveroom__v1__list_destinations_request__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Liveroom__V1__ListDestinationsRequest *
+       liveroom__v1__list_destinations_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Liveroom__V1__ListDestinationsRequest *)
+     protobuf_c_message_unpack (&liveroom__v1__list_destinations_request__descriptor,
+                                allocator, len, data);
+}
+void   liveroom__v1__list_destinations_request__free_unpacked
+                     (Liveroom__V1__ListDestinationsRequest *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &liveroom__v1__list_destinations_request__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   liveroom__v1__list_destinations_response__init
+                     (Liveroom__V1__ListDestinationsResponse         *message)
+{
+  static const Liveroom__V1__ListDestinationsResponse init_value = LIVEROOM__V1__LIST_DESTINATIONS_RESPONSE__INIT;
+  *message = init_value;
+}
+size_t liveroom__v1__list_destinations_response__get_packed_size
+                     (const Liveroom__V1__ListDestinationsResponse *message)
+{
+  assert(message->base.descriptor == &liveroom__v1__list_destinations_response__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t liveroom__v1__list_destinations_response__pack
+                     (const Liveroom__V1__ListDestinationsResponse *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &liveroom__v1__list_destinations_response__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t liveroom__v1__list_destinations_response__pack_to_buffer
+                     (const Liveroom__V1__ListDestinationsResponse *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &liveroom__v1__list_destinations_response__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Liveroom__V1__ListDestinationsResponse *
+       liveroom__v1__list_destinations_response__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Liveroom__V1__ListDestinationsResponse *)
+     protobuf_c_message_unpack (&liveroom__v1__list_destinations_response__descriptor,
+                                allocator, len, data);
+}
+void   liveroom__v1__list_destinations_response__free_unpacked
+                     (Liveroom__V1__ListDestinationsResponse *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &liveroom__v1__list_destinations_response__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+static const ProtobufCFieldDescriptor liveroom__v1__create_room_request__field_descriptors[8] =
 {
   {
     "title",
@@ -711,19 +981,45 @@ static const ProtobufCFieldDescriptor liveroom__v1__create_room_request__field_d
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "ingest",
+    7,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_ENUM,
+    0,   /* quantifier_offset */
+    offsetof(Liveroom__V1__CreateRoomRequest, ingest),
+    &liveroom__v1__ingest__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "simulcast_platform_ids",
+    8,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_STRING,
+    offsetof(Liveroom__V1__CreateRoomRequest, n_simulcast_platform_ids),
+    offsetof(Liveroom__V1__CreateRoomRequest, simulcast_platform_ids),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned liveroom__v1__create_room_request__field_indices_by_name[] = {
+  6,   /* field[6] = ingest */
   1,   /* field[1] = kind */
   4,   /* field[4] = owner_id */
   2,   /* field[2] = platform_id */
   3,   /* field[3] = play_mode */
   5,   /* field[5] = request_id */
+  7,   /* field[7] = simulcast_platform_ids */
   0,   /* field[0] = title */
 };
 static const ProtobufCIntRange liveroom__v1__create_room_request__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 6 }
+  { 0, 8 }
 };
 const ProtobufCMessageDescriptor liveroom__v1__create_room_request__descriptor =
 {
@@ -733,14 +1029,14 @@ const ProtobufCMessageDescriptor liveroom__v1__create_room_request__descriptor =
   "Liveroom__V1__CreateRoomRequest",
   "liveroom.v1",
   sizeof(Liveroom__V1__CreateRoomRequest),
-  6,
+  8,
   liveroom__v1__create_room_request__field_descriptors,
   liveroom__v1__create_room_request__field_indices_by_name,
   1,  liveroom__v1__create_room_request__number_ranges,
   (ProtobufCMessageInit) liveroom__v1__create_room_request__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor liveroom__v1__create_room_response__field_descriptors[2] =
+static const ProtobufCFieldDescriptor liveroom__v1__create_room_response__field_descriptors[3] =
 {
   {
     "room",
@@ -766,15 +1062,28 @@ static const ProtobufCFieldDescriptor liveroom__v1__create_room_response__field_
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "linked_rooms",
+    3,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Liveroom__V1__CreateRoomResponse, n_linked_rooms),
+    offsetof(Liveroom__V1__CreateRoomResponse, linked_rooms),
+    &liveroom__v1__room__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned liveroom__v1__create_room_response__field_indices_by_name[] = {
   1,   /* field[1] = created */
+  2,   /* field[2] = linked_rooms */
   0,   /* field[0] = room */
 };
 static const ProtobufCIntRange liveroom__v1__create_room_response__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 2 }
+  { 0, 3 }
 };
 const ProtobufCMessageDescriptor liveroom__v1__create_room_response__descriptor =
 {
@@ -784,7 +1093,7 @@ const ProtobufCMessageDescriptor liveroom__v1__create_room_response__descriptor 
   "Liveroom__V1__CreateRoomResponse",
   "liveroom.v1",
   sizeof(Liveroom__V1__CreateRoomResponse),
-  2,
+  3,
   liveroom__v1__create_room_response__field_descriptors,
   liveroom__v1__create_room_response__field_indices_by_name,
   1,  liveroom__v1__create_room_response__number_ranges,
@@ -1292,7 +1601,267 @@ const ProtobufCMessageDescriptor liveroom__v1__list_platforms_response__descript
   (ProtobufCMessageInit) liveroom__v1__list_platforms_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCMethodDescriptor liveroom__v1__room_service__method_descriptors[7] =
+static const ProtobufCFieldDescriptor liveroom__v1__add_destination_request__field_descriptors[4] =
+{
+  {
+    "room_id",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Liveroom__V1__AddDestinationRequest, room_id),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "target_room_id",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Liveroom__V1__AddDestinationRequest, target_room_id),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "url",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Liveroom__V1__AddDestinationRequest, url),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "stream_key",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Liveroom__V1__AddDestinationRequest, stream_key),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned liveroom__v1__add_destination_request__field_indices_by_name[] = {
+  0,   /* field[0] = room_id */
+  3,   /* field[3] = stream_key */
+  1,   /* field[1] = target_room_id */
+  2,   /* field[2] = url */
+};
+static const ProtobufCIntRange liveroom__v1__add_destination_request__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 4 }
+};
+const ProtobufCMessageDescriptor liveroom__v1__add_destination_request__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "liveroom.v1.AddDestinationRequest",
+  "AddDestinationRequest",
+  "Liveroom__V1__AddDestinationRequest",
+  "liveroom.v1",
+  sizeof(Liveroom__V1__AddDestinationRequest),
+  4,
+  liveroom__v1__add_destination_request__field_descriptors,
+  liveroom__v1__add_destination_request__field_indices_by_name,
+  1,  liveroom__v1__add_destination_request__number_ranges,
+  (ProtobufCMessageInit) liveroom__v1__add_destination_request__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor liveroom__v1__add_destination_response__field_descriptors[1] =
+{
+  {
+    "destination",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    0,   /* quantifier_offset */
+    offsetof(Liveroom__V1__AddDestinationResponse, destination),
+    &liveroom__v1__destination__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned liveroom__v1__add_destination_response__field_indices_by_name[] = {
+  0,   /* field[0] = destination */
+};
+static const ProtobufCIntRange liveroom__v1__add_destination_response__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 1 }
+};
+const ProtobufCMessageDescriptor liveroom__v1__add_destination_response__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "liveroom.v1.AddDestinationResponse",
+  "AddDestinationResponse",
+  "Liveroom__V1__AddDestinationResponse",
+  "liveroom.v1",
+  sizeof(Liveroom__V1__AddDestinationResponse),
+  1,
+  liveroom__v1__add_destination_response__field_descriptors,
+  liveroom__v1__add_destination_response__field_indices_by_name,
+  1,  liveroom__v1__add_destination_response__number_ranges,
+  (ProtobufCMessageInit) liveroom__v1__add_destination_response__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor liveroom__v1__remove_destination_request__field_descriptors[2] =
+{
+  {
+    "room_id",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Liveroom__V1__RemoveDestinationRequest, room_id),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "destination_id",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Liveroom__V1__RemoveDestinationRequest, destination_id),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned liveroom__v1__remove_destination_request__field_indices_by_name[] = {
+  1,   /* field[1] = destination_id */
+  0,   /* field[0] = room_id */
+};
+static const ProtobufCIntRange liveroom__v1__remove_destination_request__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 2 }
+};
+const ProtobufCMessageDescriptor liveroom__v1__remove_destination_request__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "liveroom.v1.RemoveDestinationRequest",
+  "RemoveDestinationRequest",
+  "Liveroom__V1__RemoveDestinationRequest",
+  "liveroom.v1",
+  sizeof(Liveroom__V1__RemoveDestinationRequest),
+  2,
+  liveroom__v1__remove_destination_request__field_descriptors,
+  liveroom__v1__remove_destination_request__field_indices_by_name,
+  1,  liveroom__v1__remove_destination_request__number_ranges,
+  (ProtobufCMessageInit) liveroom__v1__remove_destination_request__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+#define liveroom__v1__remove_destination_response__field_descriptors NULL
+#define liveroom__v1__remove_destination_response__field_indices_by_name NULL
+#define liveroom__v1__remove_destination_response__number_ranges NULL
+const ProtobufCMessageDescriptor liveroom__v1__remove_destination_response__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "liveroom.v1.RemoveDestinationResponse",
+  "RemoveDestinationResponse",
+  "Liveroom__V1__RemoveDestinationResponse",
+  "liveroom.v1",
+  sizeof(Liveroom__V1__RemoveDestinationResponse),
+  0,
+  liveroom__v1__remove_destination_response__field_descriptors,
+  liveroom__v1__remove_destination_response__field_indices_by_name,
+  0,  liveroom__v1__remove_destination_response__number_ranges,
+  (ProtobufCMessageInit) liveroom__v1__remove_destination_response__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor liveroom__v1__list_destinations_request__field_descriptors[1] =
+{
+  {
+    "room_id",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Liveroom__V1__ListDestinationsRequest, room_id),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned liveroom__v1__list_destinations_request__field_indices_by_name[] = {
+  0,   /* field[0] = room_id */
+};
+static const ProtobufCIntRange liveroom__v1__list_destinations_request__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 1 }
+};
+const ProtobufCMessageDescriptor liveroom__v1__list_destinations_request__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "liveroom.v1.ListDestinationsRequest",
+  "ListDestinationsRequest",
+  "Liveroom__V1__ListDestinationsRequest",
+  "liveroom.v1",
+  sizeof(Liveroom__V1__ListDestinationsRequest),
+  1,
+  liveroom__v1__list_destinations_request__field_descriptors,
+  liveroom__v1__list_destinations_request__field_indices_by_name,
+  1,  liveroom__v1__list_destinations_request__number_ranges,
+  (ProtobufCMessageInit) liveroom__v1__list_destinations_request__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor liveroom__v1__list_destinations_response__field_descriptors[1] =
+{
+  {
+    "destinations",
+    1,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Liveroom__V1__ListDestinationsResponse, n_destinations),
+    offsetof(Liveroom__V1__ListDestinationsResponse, destinations),
+    &liveroom__v1__destination__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned liveroom__v1__list_destinations_response__field_indices_by_name[] = {
+  0,   /* field[0] = destinations */
+};
+static const ProtobufCIntRange liveroom__v1__list_destinations_response__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 1 }
+};
+const ProtobufCMessageDescriptor liveroom__v1__list_destinations_response__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "liveroom.v1.ListDestinationsResponse",
+  "ListDestinationsResponse",
+  "Liveroom__V1__ListDestinationsResponse",
+  "liveroom.v1",
+  sizeof(Liveroom__V1__ListDestinationsResponse),
+  1,
+  liveroom__v1__list_destinations_response__field_descriptors,
+  liveroom__v1__list_destinations_response__field_indices_by_name,
+  1,  liveroom__v1__list_destinations_response__number_ranges,
+  (ProtobufCMessageInit) liveroom__v1__list_destinations_response__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCMethodDescriptor liveroom__v1__room_service__method_descriptors[10] =
 {
   { "CreateRoom", &liveroom__v1__create_room_request__descriptor, &liveroom__v1__create_room_response__descriptor },
   { "GetRoom", &liveroom__v1__get_room_request__descriptor, &liveroom__v1__get_room_response__descriptor },
@@ -1301,14 +1870,20 @@ static const ProtobufCMethodDescriptor liveroom__v1__room_service__method_descri
   { "RotateKey", &liveroom__v1__rotate_key_request__descriptor, &liveroom__v1__rotate_key_response__descriptor },
   { "CloseRoom", &liveroom__v1__close_room_request__descriptor, &liveroom__v1__close_room_response__descriptor },
   { "ListPlatforms", &liveroom__v1__list_platforms_request__descriptor, &liveroom__v1__list_platforms_response__descriptor },
+  { "AddDestination", &liveroom__v1__add_destination_request__descriptor, &liveroom__v1__add_destination_response__descriptor },
+  { "RemoveDestination", &liveroom__v1__remove_destination_request__descriptor, &liveroom__v1__remove_destination_response__descriptor },
+  { "ListDestinations", &liveroom__v1__list_destinations_request__descriptor, &liveroom__v1__list_destinations_response__descriptor },
 };
 const unsigned liveroom__v1__room_service__method_indices_by_name[] = {
+  7,        /* AddDestination */
   5,        /* CloseRoom */
   0,        /* CreateRoom */
   1,        /* GetRoom */
+  9,        /* ListDestinations */
   6,        /* ListPlatforms */
   2,        /* ListRooms */
   3,        /* RefreshRoom */
+  8,        /* RemoveDestination */
   4         /* RotateKey */
 };
 const ProtobufCServiceDescriptor liveroom__v1__room_service__descriptor =
@@ -1318,7 +1893,7 @@ const ProtobufCServiceDescriptor liveroom__v1__room_service__descriptor =
   "RoomService",
   "Liveroom__V1__RoomService",
   "liveroom.v1",
-  7,
+  10,
   liveroom__v1__room_service__method_descriptors,
   liveroom__v1__room_service__method_indices_by_name
 };
@@ -1377,6 +1952,30 @@ void liveroom__v1__room_service__list_platforms(ProtobufCService *service,
 {
   assert(service->descriptor == &liveroom__v1__room_service__descriptor);
   service->invoke(service, 6, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+}
+void liveroom__v1__room_service__add_destination(ProtobufCService *service,
+                                                 const Liveroom__V1__AddDestinationRequest *input,
+                                                 Liveroom__V1__AddDestinationResponse_Closure closure,
+                                                 void *closure_data)
+{
+  assert(service->descriptor == &liveroom__v1__room_service__descriptor);
+  service->invoke(service, 7, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+}
+void liveroom__v1__room_service__remove_destination(ProtobufCService *service,
+                                                    const Liveroom__V1__RemoveDestinationRequest *input,
+                                                    Liveroom__V1__RemoveDestinationResponse_Closure closure,
+                                                    void *closure_data)
+{
+  assert(service->descriptor == &liveroom__v1__room_service__descriptor);
+  service->invoke(service, 8, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+}
+void liveroom__v1__room_service__list_destinations(ProtobufCService *service,
+                                                   const Liveroom__V1__ListDestinationsRequest *input,
+                                                   Liveroom__V1__ListDestinationsResponse_Closure closure,
+                                                   void *closure_data)
+{
+  assert(service->descriptor == &liveroom__v1__room_service__descriptor);
+  service->invoke(service, 9, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void liveroom__v1__room_service__init (Liveroom__V1__RoomService_Service *service,
                                        Liveroom__V1__RoomService_ServiceDestroy destroy)

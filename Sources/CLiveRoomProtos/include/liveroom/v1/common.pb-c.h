@@ -15,6 +15,7 @@ PROTOBUF_C__BEGIN_DECLS
 #endif
 
 
+typedef struct Liveroom__V1__Destination Liveroom__V1__Destination;
 typedef struct Liveroom__V1__Money Liveroom__V1__Money;
 typedef struct Liveroom__V1__Room Liveroom__V1__Room;
 typedef struct Liveroom__V1__Platform Liveroom__V1__Platform;
@@ -69,8 +70,109 @@ typedef enum _Liveroom__V1__KeyStatus {
   LIVEROOM__V1__KEY_STATUS__KEY_STATUS_EXPIRED = 2
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(LIVEROOM__V1__KEY_STATUS)
 } Liveroom__V1__KeyStatus;
+/*
+ * Which way a broadcaster's stream reaches an external platform.
+ */
+typedef enum _Liveroom__V1__Ingest {
+  /*
+   * built-in rooms; rooms made before ingest existed read as DIRECT
+   */
+  LIVEROOM__V1__INGEST__INGEST_UNSPECIFIED = 0,
+  /*
+   * the broadcaster publishes to us (our push_server and stream_key); we publish to the platform
+   */
+  LIVEROOM__V1__INGEST__INGEST_RELAY = 1,
+  /*
+   * the broadcaster publishes to the platform (its push_server and key); we pull its live into our room
+   */
+  LIVEROOM__V1__INGEST__INGEST_DIRECT = 2
+    PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(LIVEROOM__V1__INGEST)
+} Liveroom__V1__Ingest;
+/*
+ * Where a room's stream is relayed to, and how that is going.
+ */
+typedef enum _Liveroom__V1__DestinationState {
+  LIVEROOM__V1__DESTINATION_STATE__DESTINATION_STATE_UNSPECIFIED = 0,
+  /*
+   * the source room is not live
+   */
+  LIVEROOM__V1__DESTINATION_STATE__DESTINATION_STATE_IDLE = 1,
+  /*
+   * connecting and asking to publish
+   */
+  LIVEROOM__V1__DESTINATION_STATE__DESTINATION_STATE_CONNECTING = 2,
+  /*
+   * publishing
+   */
+  LIVEROOM__V1__DESTINATION_STATE__DESTINATION_STATE_LIVE = 3,
+  /*
+   * failed (last_error); connects again at next_attempt_at_ms
+   */
+  LIVEROOM__V1__DESTINATION_STATE__DESTINATION_STATE_RETRYING = 4,
+  /*
+   * the destination refused us (last_error); tried again when the source next goes live
+   */
+  LIVEROOM__V1__DESTINATION_STATE__DESTINATION_STATE_FAILED = 5
+    PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(LIVEROOM__V1__DESTINATION_STATE)
+} Liveroom__V1__DestinationState;
 
 /* --- messages --- */
+
+/*
+ * One output of a room: a linked room on another platform, or a plain RTMP destination.
+ */
+struct  Liveroom__V1__Destination
+{
+  ProtobufCMessage base;
+  /*
+   * "platform" for a relay room's own platform
+   */
+  char *destination_id;
+  /*
+   * the source room
+   */
+  char *room_id;
+  /*
+   * the linked room ("" for a plain RTMP destination)
+   */
+  char *target_room_id;
+  /*
+   * the linked room's platform ("" for a plain RTMP destination)
+   */
+  char *platform_id;
+  /*
+   * the push server published to (rtmp://HOST:PORT/APP)
+   */
+  char *url;
+  /*
+   * the key's last 4 characters: keys are secrets and never shown in full
+   */
+  char *stream_key_hint;
+  Liveroom__V1__DestinationState state;
+  char *last_error;
+  /*
+   * RETRYING: when the next attempt starts (unix ms)
+   */
+  int64_t next_attempt_at_ms;
+  uint64_t bytes_sent;
+  /*
+   * over the last few seconds
+   */
+  int64_t bitrate_bps;
+  /*
+   * connections made after the first, since the daemon started
+   */
+  uint64_t reconnects;
+  /*
+   * LIVE: since when
+   */
+  int64_t live_since_ms;
+  int64_t created_at_ms;
+};
+#define LIVEROOM__V1__DESTINATION__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&liveroom__v1__destination__descriptor) \
+    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, LIVEROOM__V1__DESTINATION_STATE__DESTINATION_STATE_UNSPECIFIED, (char *)protobuf_c_empty_string, 0, 0, 0, 0, 0, 0 }
+
 
 /*
  * Money as integer minor units (cents, fen) plus an ISO 4217 code.
@@ -117,10 +219,19 @@ struct  Liveroom__V1__Room
    * the client request id that created it
    */
   char *request_id;
+  /*
+   * external rooms: RELAY or DIRECT (push_server and stream_key say where to publish)
+   */
+  Liveroom__V1__Ingest ingest;
+  /*
+   * GetRoom only: where the room's stream is relayed
+   */
+  size_t n_destinations;
+  Liveroom__V1__Destination **destinations;
 };
 #define LIVEROOM__V1__ROOM__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&liveroom__v1__room__descriptor) \
-    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, LIVEROOM__V1__ROOM_KIND__ROOM_KIND_UNSPECIFIED, (char *)protobuf_c_empty_string, LIVEROOM__V1__PLAY_MODE__PLAY_MODE_UNSPECIFIED, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, LIVEROOM__V1__ROOM_STATUS__ROOM_STATUS_UNSPECIFIED, LIVEROOM__V1__KEY_STATUS__KEY_STATUS_UNSPECIFIED, 0, 0, 0, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string }
+    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, LIVEROOM__V1__ROOM_KIND__ROOM_KIND_UNSPECIFIED, (char *)protobuf_c_empty_string, LIVEROOM__V1__PLAY_MODE__PLAY_MODE_UNSPECIFIED, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, LIVEROOM__V1__ROOM_STATUS__ROOM_STATUS_UNSPECIFIED, LIVEROOM__V1__KEY_STATUS__KEY_STATUS_UNSPECIFIED, 0, 0, 0, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, LIVEROOM__V1__INGEST__INGEST_UNSPECIFIED, 0,NULL }
 
 
 /*
@@ -172,6 +283,25 @@ struct  Liveroom__V1__MediaChunk
     , 0, 0, 0, 0, {0,NULL} }
 
 
+/* Liveroom__V1__Destination methods */
+void   liveroom__v1__destination__init
+                     (Liveroom__V1__Destination         *message);
+size_t liveroom__v1__destination__get_packed_size
+                     (const Liveroom__V1__Destination   *message);
+size_t liveroom__v1__destination__pack
+                     (const Liveroom__V1__Destination   *message,
+                      uint8_t             *out);
+size_t liveroom__v1__destination__pack_to_buffer
+                     (const Liveroom__V1__Destination   *message,
+                      ProtobufCBuffer     *buffer);
+Liveroom__V1__Destination *
+       liveroom__v1__destination__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   liveroom__v1__destination__free_unpacked
+                     (Liveroom__V1__Destination *message,
+                      ProtobufCAllocator *allocator);
 /* Liveroom__V1__Money methods */
 void   liveroom__v1__money__init
                      (Liveroom__V1__Money         *message);
@@ -250,6 +380,9 @@ void   liveroom__v1__media_chunk__free_unpacked
                       ProtobufCAllocator *allocator);
 /* --- per-message closures --- */
 
+typedef void (*Liveroom__V1__Destination_Closure)
+                 (const Liveroom__V1__Destination *message,
+                  void *closure_data);
 typedef void (*Liveroom__V1__Money_Closure)
                  (const Liveroom__V1__Money *message,
                   void *closure_data);
@@ -272,6 +405,9 @@ extern const ProtobufCEnumDescriptor    liveroom__v1__room_kind__descriptor;
 extern const ProtobufCEnumDescriptor    liveroom__v1__play_mode__descriptor;
 extern const ProtobufCEnumDescriptor    liveroom__v1__room_status__descriptor;
 extern const ProtobufCEnumDescriptor    liveroom__v1__key_status__descriptor;
+extern const ProtobufCEnumDescriptor    liveroom__v1__ingest__descriptor;
+extern const ProtobufCEnumDescriptor    liveroom__v1__destination_state__descriptor;
+extern const ProtobufCMessageDescriptor liveroom__v1__destination__descriptor;
 extern const ProtobufCMessageDescriptor liveroom__v1__money__descriptor;
 extern const ProtobufCMessageDescriptor liveroom__v1__room__descriptor;
 extern const ProtobufCMessageDescriptor liveroom__v1__platform__descriptor;

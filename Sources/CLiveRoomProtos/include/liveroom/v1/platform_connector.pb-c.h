@@ -103,10 +103,15 @@ struct  Liveroom__V1__GetPlatformRoomStatusResponse
   Liveroom__V1__RoomStatus status;
   int64_t viewers_online;
   int64_t key_expires_at_ms;
+  /*
+   * While LIVE: where the daemon can pull the live from (rtmp://HOST:PORT/APP/STREAM, or an
+   * http(s):// HTTP-FLV URL) to mirror it into our room. "" if the platform offers no pull.
+   */
+  char *pull_url;
 };
 #define LIVEROOM__V1__GET_PLATFORM_ROOM_STATUS_RESPONSE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&liveroom__v1__get_platform_room_status_response__descriptor) \
-    , LIVEROOM__V1__ROOM_STATUS__ROOM_STATUS_UNSPECIFIED, 0, 0 }
+    , LIVEROOM__V1__ROOM_STATUS__ROOM_STATUS_UNSPECIFIED, 0, 0, (char *)protobuf_c_empty_string }
 
 
 /*

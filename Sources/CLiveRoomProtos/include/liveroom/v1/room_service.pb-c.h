@@ -30,6 +30,12 @@ typedef struct Liveroom__V1__CloseRoomRequest Liveroom__V1__CloseRoomRequest;
 typedef struct Liveroom__V1__CloseRoomResponse Liveroom__V1__CloseRoomResponse;
 typedef struct Liveroom__V1__ListPlatformsRequest Liveroom__V1__ListPlatformsRequest;
 typedef struct Liveroom__V1__ListPlatformsResponse Liveroom__V1__ListPlatformsResponse;
+typedef struct Liveroom__V1__AddDestinationRequest Liveroom__V1__AddDestinationRequest;
+typedef struct Liveroom__V1__AddDestinationResponse Liveroom__V1__AddDestinationResponse;
+typedef struct Liveroom__V1__RemoveDestinationRequest Liveroom__V1__RemoveDestinationRequest;
+typedef struct Liveroom__V1__RemoveDestinationResponse Liveroom__V1__RemoveDestinationResponse;
+typedef struct Liveroom__V1__ListDestinationsRequest Liveroom__V1__ListDestinationsRequest;
+typedef struct Liveroom__V1__ListDestinationsResponse Liveroom__V1__ListDestinationsResponse;
 
 
 /* --- enums --- */
@@ -64,10 +70,20 @@ struct  Liveroom__V1__CreateRoomRequest
    * idempotency: the same request id returns the same room (at most 128 bytes)
    */
   char *request_id;
+  /*
+   * external platforms: UNSPECIFIED = the platform's default (RELAY unless configured)
+   */
+  Liveroom__V1__Ingest ingest;
+  /*
+   * Simulcast: also create a room on each of these platforms (request id REQUEST_ID/PLATFORM)
+   * and relay this room's stream to it. At most 16; not "self", not platform_id, no repeats.
+   */
+  size_t n_simulcast_platform_ids;
+  char **simulcast_platform_ids;
 };
 #define LIVEROOM__V1__CREATE_ROOM_REQUEST__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&liveroom__v1__create_room_request__descriptor) \
-    , (char *)protobuf_c_empty_string, LIVEROOM__V1__ROOM_KIND__ROOM_KIND_UNSPECIFIED, (char *)protobuf_c_empty_string, LIVEROOM__V1__PLAY_MODE__PLAY_MODE_UNSPECIFIED, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string }
+    , (char *)protobuf_c_empty_string, LIVEROOM__V1__ROOM_KIND__ROOM_KIND_UNSPECIFIED, (char *)protobuf_c_empty_string, LIVEROOM__V1__PLAY_MODE__PLAY_MODE_UNSPECIFIED, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, LIVEROOM__V1__INGEST__INGEST_UNSPECIFIED, 0,NULL }
 
 
 struct  Liveroom__V1__CreateRoomResponse
@@ -78,10 +94,15 @@ struct  Liveroom__V1__CreateRoomResponse
    * false when request_id matched an existing room
    */
   protobuf_c_boolean created;
+  /*
+   * the simulcast rooms, in the order asked
+   */
+  size_t n_linked_rooms;
+  Liveroom__V1__Room **linked_rooms;
 };
 #define LIVEROOM__V1__CREATE_ROOM_RESPONSE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&liveroom__v1__create_room_response__descriptor) \
-    , NULL, 0 }
+    , NULL, 0, 0,NULL }
 
 
 struct  Liveroom__V1__GetRoomRequest
@@ -225,6 +246,79 @@ struct  Liveroom__V1__ListPlatformsResponse
 };
 #define LIVEROOM__V1__LIST_PLATFORMS_RESPONSE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&liveroom__v1__list_platforms_response__descriptor) \
+    , 0,NULL }
+
+
+/*
+ * Give target_room_id (a room on an external platform, RELAY or DIRECT) or url + stream_key.
+ */
+struct  Liveroom__V1__AddDestinationRequest
+{
+  ProtobufCMessage base;
+  char *room_id;
+  char *target_room_id;
+  /*
+   * rtmp://HOST[:PORT]/APP, as platforms hand out for OBS
+   */
+  char *url;
+  /*
+   * at most 1024 bytes; encrypted at rest, never logged or shown
+   */
+  char *stream_key;
+};
+#define LIVEROOM__V1__ADD_DESTINATION_REQUEST__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&liveroom__v1__add_destination_request__descriptor) \
+    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string }
+
+
+struct  Liveroom__V1__AddDestinationResponse
+{
+  ProtobufCMessage base;
+  Liveroom__V1__Destination *destination;
+};
+#define LIVEROOM__V1__ADD_DESTINATION_RESPONSE__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&liveroom__v1__add_destination_response__descriptor) \
+    , NULL }
+
+
+struct  Liveroom__V1__RemoveDestinationRequest
+{
+  ProtobufCMessage base;
+  char *room_id;
+  char *destination_id;
+};
+#define LIVEROOM__V1__REMOVE_DESTINATION_REQUEST__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&liveroom__v1__remove_destination_request__descriptor) \
+    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string }
+
+
+struct  Liveroom__V1__RemoveDestinationResponse
+{
+  ProtobufCMessage base;
+};
+#define LIVEROOM__V1__REMOVE_DESTINATION_RESPONSE__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&liveroom__v1__remove_destination_response__descriptor) \
+     }
+
+
+struct  Liveroom__V1__ListDestinationsRequest
+{
+  ProtobufCMessage base;
+  char *room_id;
+};
+#define LIVEROOM__V1__LIST_DESTINATIONS_REQUEST__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&liveroom__v1__list_destinations_request__descriptor) \
+    , (char *)protobuf_c_empty_string }
+
+
+struct  Liveroom__V1__ListDestinationsResponse
+{
+  ProtobufCMessage base;
+  size_t n_destinations;
+  Liveroom__V1__Destination **destinations;
+};
+#define LIVEROOM__V1__LIST_DESTINATIONS_RESPONSE__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&liveroom__v1__list_destinations_response__descriptor) \
     , 0,NULL }
 
 
@@ -494,6 +588,120 @@ Liveroom__V1__ListPlatformsResponse *
 void   liveroom__v1__list_platforms_response__free_unpacked
                      (Liveroom__V1__ListPlatformsResponse *message,
                       ProtobufCAllocator *allocator);
+/* Liveroom__V1__AddDestinationRequest methods */
+void   liveroom__v1__add_destination_request__init
+                     (Liveroom__V1__AddDestinationRequest         *message);
+size_t liveroom__v1__add_destination_request__get_packed_size
+                     (const Liveroom__V1__AddDestinationRequest   *message);
+size_t liveroom__v1__add_destination_request__pack
+                     (const Liveroom__V1__AddDestinationRequest   *message,
+                      uint8_t             *out);
+size_t liveroom__v1__add_destination_request__pack_to_buffer
+                     (const Liveroom__V1__AddDestinationRequest   *message,
+                      ProtobufCBuffer     *buffer);
+Liveroom__V1__AddDestinationRequest *
+       liveroom__v1__add_destination_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   liveroom__v1__add_destination_request__free_unpacked
+                     (Liveroom__V1__AddDestinationRequest *message,
+                      ProtobufCAllocator *allocator);
+/* Liveroom__V1__AddDestinationResponse methods */
+void   liveroom__v1__add_destination_response__init
+                     (Liveroom__V1__AddDestinationResponse         *message);
+size_t liveroom__v1__add_destination_response__get_packed_size
+                     (const Liveroom__V1__AddDestinationResponse   *message);
+size_t liveroom__v1__add_destination_response__pack
+                     (const Liveroom__V1__AddDestinationResponse   *message,
+                      uint8_t             *out);
+size_t liveroom__v1__add_destination_response__pack_to_buffer
+                     (const Liveroom__V1__AddDestinationResponse   *message,
+                      ProtobufCBuffer     *buffer);
+Liveroom__V1__AddDestinationResponse *
+       liveroom__v1__add_destination_response__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   liveroom__v1__add_destination_response__free_unpacked
+                     (Liveroom__V1__AddDestinationResponse *message,
+                      ProtobufCAllocator *allocator);
+/* Liveroom__V1__RemoveDestinationRequest methods */
+void   liveroom__v1__remove_destination_request__init
+                     (Liveroom__V1__RemoveDestinationRequest         *message);
+size_t liveroom__v1__remove_destination_request__get_packed_size
+                     (const Liveroom__V1__RemoveDestinationRequest   *message);
+size_t liveroom__v1__remove_destination_request__pack
+                     (const Liveroom__V1__RemoveDestinationRequest   *message,
+                      uint8_t             *out);
+size_t liveroom__v1__remove_destination_request__pack_to_buffer
+                     (const Liveroom__V1__RemoveDestinationRequest   *message,
+                      ProtobufCBuffer     *buffer);
+Liveroom__V1__RemoveDestinationRequest *
+       liveroom__v1__remove_destination_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   liveroom__v1__remove_destination_request__free_unpacked
+                     (Liveroom__V1__RemoveDestinationRequest *message,
+                      ProtobufCAllocator *allocator);
+/* Liveroom__V1__RemoveDestinationResponse methods */
+void   liveroom__v1__remove_destination_response__init
+                     (Liveroom__V1__RemoveDestinationResponse         *message);
+size_t liveroom__v1__remove_destination_response__get_packed_size
+                     (const Liveroom__V1__RemoveDestinationResponse   *message);
+size_t liveroom__v1__remove_destination_response__pack
+                     (const Liveroom__V1__RemoveDestinationResponse   *message,
+                      uint8_t             *out);
+size_t liveroom__v1__remove_destination_response__pack_to_buffer
+                     (const Liveroom__V1__RemoveDestinationResponse   *message,
+                      ProtobufCBuffer     *buffer);
+Liveroom__V1__RemoveDestinationResponse *
+       liveroom__v1__remove_destination_response__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   liveroom__v1__remove_destination_response__free_unpacked
+                     (Liveroom__V1__RemoveDestinationResponse *message,
+                      ProtobufCAllocator *allocator);
+/* Liveroom__V1__ListDestinationsRequest methods */
+void   liveroom__v1__list_destinations_request__init
+                     (Liveroom__V1__ListDestinationsRequest         *message);
+size_t liveroom__v1__list_destinations_request__get_packed_size
+                     (const Liveroom__V1__ListDestinationsRequest   *message);
+size_t liveroom__v1__list_destinations_request__pack
+                     (const Liveroom__V1__ListDestinationsRequest   *message,
+                      uint8_t             *out);
+size_t liveroom__v1__list_destinations_request__pack_to_buffer
+                     (const Liveroom__V1__ListDestinationsRequest   *message,
+                      ProtobufCBuffer     *buffer);
+Liveroom__V1__ListDestinationsRequest *
+       liveroom__v1__list_destinations_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   liveroom__v1__list_destinations_request__free_unpacked
+                     (Liveroom__V1__ListDestinationsRequest *message,
+                      ProtobufCAllocator *allocator);
+/* Liveroom__V1__ListDestinationsResponse methods */
+void   liveroom__v1__list_destinations_response__init
+                     (Liveroom__V1__ListDestinationsResponse         *message);
+size_t liveroom__v1__list_destinations_response__get_packed_size
+                     (const Liveroom__V1__ListDestinationsResponse   *message);
+size_t liveroom__v1__list_destinations_response__pack
+                     (const Liveroom__V1__ListDestinationsResponse   *message,
+                      uint8_t             *out);
+size_t liveroom__v1__list_destinations_response__pack_to_buffer
+                     (const Liveroom__V1__ListDestinationsResponse   *message,
+                      ProtobufCBuffer     *buffer);
+Liveroom__V1__ListDestinationsResponse *
+       liveroom__v1__list_destinations_response__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   liveroom__v1__list_destinations_response__free_unpacked
+                     (Liveroom__V1__ListDestinationsResponse *message,
+                      ProtobufCAllocator *allocator);
 /* --- per-message closures --- */
 
 typedef void (*Liveroom__V1__CreateRoomRequest_Closure)
@@ -538,6 +746,24 @@ typedef void (*Liveroom__V1__ListPlatformsRequest_Closure)
 typedef void (*Liveroom__V1__ListPlatformsResponse_Closure)
                  (const Liveroom__V1__ListPlatformsResponse *message,
                   void *closure_data);
+typedef void (*Liveroom__V1__AddDestinationRequest_Closure)
+                 (const Liveroom__V1__AddDestinationRequest *message,
+                  void *closure_data);
+typedef void (*Liveroom__V1__AddDestinationResponse_Closure)
+                 (const Liveroom__V1__AddDestinationResponse *message,
+                  void *closure_data);
+typedef void (*Liveroom__V1__RemoveDestinationRequest_Closure)
+                 (const Liveroom__V1__RemoveDestinationRequest *message,
+                  void *closure_data);
+typedef void (*Liveroom__V1__RemoveDestinationResponse_Closure)
+                 (const Liveroom__V1__RemoveDestinationResponse *message,
+                  void *closure_data);
+typedef void (*Liveroom__V1__ListDestinationsRequest_Closure)
+                 (const Liveroom__V1__ListDestinationsRequest *message,
+                  void *closure_data);
+typedef void (*Liveroom__V1__ListDestinationsResponse_Closure)
+                 (const Liveroom__V1__ListDestinationsResponse *message,
+                  void *closure_data);
 
 /* --- services --- */
 
@@ -573,6 +799,18 @@ struct Liveroom__V1__RoomService_Service
                          const Liveroom__V1__ListPlatformsRequest *input,
                          Liveroom__V1__ListPlatformsResponse_Closure closure,
                          void *closure_data);
+  void (*add_destination)(Liveroom__V1__RoomService_Service *service,
+                          const Liveroom__V1__AddDestinationRequest *input,
+                          Liveroom__V1__AddDestinationResponse_Closure closure,
+                          void *closure_data);
+  void (*remove_destination)(Liveroom__V1__RoomService_Service *service,
+                             const Liveroom__V1__RemoveDestinationRequest *input,
+                             Liveroom__V1__RemoveDestinationResponse_Closure closure,
+                             void *closure_data);
+  void (*list_destinations)(Liveroom__V1__RoomService_Service *service,
+                            const Liveroom__V1__ListDestinationsRequest *input,
+                            Liveroom__V1__ListDestinationsResponse_Closure closure,
+                            void *closure_data);
 };
 typedef void (*Liveroom__V1__RoomService_ServiceDestroy)(Liveroom__V1__RoomService_Service *);
 void liveroom__v1__room_service__init (Liveroom__V1__RoomService_Service *service,
@@ -587,7 +825,10 @@ void liveroom__v1__room_service__init (Liveroom__V1__RoomService_Service *servic
       function_prefix__ ## refresh_room,\
       function_prefix__ ## rotate_key,\
       function_prefix__ ## close_room,\
-      function_prefix__ ## list_platforms  }
+      function_prefix__ ## list_platforms,\
+      function_prefix__ ## add_destination,\
+      function_prefix__ ## remove_destination,\
+      function_prefix__ ## list_destinations  }
 void liveroom__v1__room_service__create_room(ProtobufCService *service,
                                              const Liveroom__V1__CreateRoomRequest *input,
                                              Liveroom__V1__CreateRoomResponse_Closure closure,
@@ -616,6 +857,18 @@ void liveroom__v1__room_service__list_platforms(ProtobufCService *service,
                                                 const Liveroom__V1__ListPlatformsRequest *input,
                                                 Liveroom__V1__ListPlatformsResponse_Closure closure,
                                                 void *closure_data);
+void liveroom__v1__room_service__add_destination(ProtobufCService *service,
+                                                 const Liveroom__V1__AddDestinationRequest *input,
+                                                 Liveroom__V1__AddDestinationResponse_Closure closure,
+                                                 void *closure_data);
+void liveroom__v1__room_service__remove_destination(ProtobufCService *service,
+                                                    const Liveroom__V1__RemoveDestinationRequest *input,
+                                                    Liveroom__V1__RemoveDestinationResponse_Closure closure,
+                                                    void *closure_data);
+void liveroom__v1__room_service__list_destinations(ProtobufCService *service,
+                                                   const Liveroom__V1__ListDestinationsRequest *input,
+                                                   Liveroom__V1__ListDestinationsResponse_Closure closure,
+                                                   void *closure_data);
 
 /* --- descriptors --- */
 
@@ -633,6 +886,12 @@ extern const ProtobufCMessageDescriptor liveroom__v1__close_room_request__descri
 extern const ProtobufCMessageDescriptor liveroom__v1__close_room_response__descriptor;
 extern const ProtobufCMessageDescriptor liveroom__v1__list_platforms_request__descriptor;
 extern const ProtobufCMessageDescriptor liveroom__v1__list_platforms_response__descriptor;
+extern const ProtobufCMessageDescriptor liveroom__v1__add_destination_request__descriptor;
+extern const ProtobufCMessageDescriptor liveroom__v1__add_destination_response__descriptor;
+extern const ProtobufCMessageDescriptor liveroom__v1__remove_destination_request__descriptor;
+extern const ProtobufCMessageDescriptor liveroom__v1__remove_destination_response__descriptor;
+extern const ProtobufCMessageDescriptor liveroom__v1__list_destinations_request__descriptor;
+extern const ProtobufCMessageDescriptor liveroom__v1__list_destinations_response__descriptor;
 extern const ProtobufCServiceDescriptor liveroom__v1__room_service__descriptor;
 
 PROTOBUF_C__END_DECLS

@@ -1,0 +1,251 @@
+import Foundation
+import LiveRoomClient
+import LiveRoomMessages
+import LiveRoomRPC
+import LiveRoomTesting
+import NIOConcurrencyHelpers
+import NIOCore
+import XCTest
+
+/// Going live once, everywhere: a daemon relaying to two simulated platforms whose media
+/// servers are real nginx-rtmp processes, and mirroring a platform's live into our room.
+final class RelayTests: XCTestCase {
+    var dir: URL!
+
+    /// A simulated platform with its own nginx-rtmp, which asks the platform (on_publish) which keys may publish.
+    struct Platform {
+        let sim: PlatformSimProcess
+        let nginx: NginxRTMP
+    }
+
+    override func setUp() async throws {
+        try XCTSkipUnless(NginxRTMP.isAvailable, "nginx with the RTMP module is not installed (tools/test installs it)")
+        for tool in ["ffmpeg", "ffprobe"] where Tool.find(tool) == nil { throw XCTSkip("\(tool) is not installed") }
+        dir = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("relay-\(UUID().uuidString.prefix(8))")
+    }
+
+    func platform(_ name: String) async throws -> Platform {
+        let callbacks = try NginxRTMP.freePort()
+        let nginx = try NginxRTMP(directory: dir.appendingPathComponent("nginx-\(name)"), callbacks: "http://127.0.0.1:\(callbacks)")
+        let sim = try await PlatformSimProcess(name: name, directory: dir, extra: ["--media-rtmp", nginx.url, "--callbacks", "127.0.0.1:\(callbacks)"])
+        return Platform(sim: sim, nginx: nginx)
+    }
+
+    func daemon(_ platforms: [Platform], settings: String = "mirror_poll_ms = 300\nrelay_retry_max_ms = 2000\n") async throws -> DaemonProcess {
+        let config = dir.appendingPathComponent("d.conf")
+        try (settings + platforms.map { $0.sim.configSection() }.joined()).write(to: config, atomically: true, encoding: .utf8)
+        return try await DaemonProcess(arguments: ["--config", config.path], directory: dir)
+    }
+
+    func destinations(_ client: RPCClient, _ room: String) async throws -> [Destination] {
+        var r = ListDestinationsRequest()
+        r.roomId = room
+        return try await client.unary(RoomService.listDestinations, r).destinations
+    }
+
+    /// Polls until `check` holds (a condition of the system, not a timing assumption).
+    func eventually(_ what: String, timeout: Duration = .seconds(30), _ check: () async throws -> Bool) async throws {
+        let start = ContinuousClock.now
+        while ContinuousClock.now - start < timeout {
+            if try await check() { return }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        XCTFail("timed out waiting until \(what)")
+        throw CancellationError()
+    }
+
+    /// Records `seconds` of a live RTMP stream to a file and probes it.
+    func record(_ url: String, seconds: Int) async throws -> Tool.Probe {
+        let file = dir.appendingPathComponent("rec-\(UUID().uuidString.prefix(6)).flv").path
+        let r = try await Tool.run("ffmpeg", ["-nostdin", "-v", "error", "-i", url, "-t", "\(seconds)", "-c", "copy", "-f", "flv", file], timeout: 30)
+        XCTAssertEqual(r.status, 0, "ffmpeg read \(url): \(r.stderr)")
+        return try await Tool.probe(file)
+    }
+
+    func platformKey(_ p: Platform, _ room: Room) throws -> String {
+        try XCTUnwrap(try p.sim.rooms().first { $0.id == room.platformRoomId }?.key)
+    }
+
+    func testSimulcastToTwoPlatformsSurvivesOneDyingAndRefusesAWrongKey() async throws {
+        let (alpha, beta) = (try await platform("alpha"), try await platform("beta"))
+        defer { alpha.nginx.stop(); beta.nginx.stop() }
+        let d = try await daemon([alpha, beta])
+        defer { Task { try? await d.stop() } }
+        let client = try await d.connect(.unix)
+        var create = CreateRoomRequest()
+        create.title = "Launch"
+        create.kind = .live
+        create.platformId = "self"
+        create.simulcastPlatformIds = ["alpha", "beta"]
+        let made = try await client.unary(RoomService.createRoom, create)
+        let room = try XCTUnwrap(made.room)
+        XCTAssertEqual(made.linkedRooms.map(\.platformId), ["alpha", "beta"])
+        XCTAssertEqual(made.linkedRooms.map(\.ingest), [.relay, .relay])
+        // A retried create links nothing twice.
+        create.requestId = room.requestId
+        let again = try await client.unary(RoomService.createRoom, create)
+        XCTAssertEqual(again.linkedRooms.map(\.roomId), made.linkedRooms.map(\.roomId))
+        let linkedTargets = try await destinations(client, room.roomId).map(\.targetRoomId)
+        XCTAssertEqual(linkedTargets, made.linkedRooms.map(\.roomId))
+
+        // A plain RTMP destination with a key the platform does not know: nginx refuses it.
+        var wrong = AddDestinationRequest()
+        wrong.roomId = room.roomId
+        wrong.url = alpha.nginx.url
+        wrong.streamKey = "not-a-key-of-alpha"
+        let added = try await client.unary(RoomService.addDestination, wrong)
+        let bad = try XCTUnwrap(added.destination)
+        XCTAssertEqual(bad.streamKeyHint, "…lpha", "the key is never shown in full")
+
+        let publisher = Task {
+            try await Tool.run("ffmpeg", RTMPTests.ffmpegArguments(to: "\(room.pushServer)/\(room.streamKey)", seconds: 40, realtime: true), timeout: 60)
+        }
+        defer { publisher.cancel() }
+        // Our own viewer.
+        var watch = WatchRequest()
+        watch.roomId = room.roomId
+        watch.viewerId = "v1"
+        let viewerBytes = NIOLockedValueBox(0)
+        let viewer = Task {
+            let call = try await client.serverStreaming(MediaService.watch, watch)
+            for try await m in call.responses {
+                if case .chunk(let c)? = m.message { viewerBytes.withLockedValue { $0 += c.payload.readableBytes } }
+            }
+        }
+        defer { viewer.cancel() }
+
+        try await eventually("both platforms are live") {
+            try await destinations(client, room.roomId).filter { !$0.targetRoomId.isEmpty }.allSatisfy { $0.state == .live }
+        }
+        try await eventually("the wrong key is refused") {
+            try await destinations(client, room.roomId).first { $0.destinationId == bad.destinationId }?.state == .failed
+        }
+        let refused = try await destinations(client, room.roomId).first { $0.destinationId == bad.destinationId }!
+        XCTAssertTrue(refused.lastError.contains("refused"), refused.lastError)
+
+        // Each platform's own server has our stream: H.264 and AAC, as long as we read it.
+        for (p, linked) in zip([alpha, beta], made.linkedRooms) {
+            let probe = try await record("\(p.nginx.url)/\(try platformKey(p, linked))", seconds: 2)
+            XCTAssertEqual(probe.streams, ["audio:aac", "video:h264"])
+            XCTAssertGreaterThan(probe.duration, 1.5)
+        }
+
+        // alpha's media server dies: beta and our viewer carry on.
+        alpha.nginx.kill()
+        try await eventually("alpha's destination is retrying") {
+            try await destinations(client, room.roomId).first { $0.targetRoomId == made.linkedRooms[0].roomId }?.state == .retrying
+        }
+        let betaBefore = try await destinations(client, room.roomId).first { $0.targetRoomId == made.linkedRooms[1].roomId }!.bytesSent
+        let viewerBefore = viewerBytes.withLockedValue { $0 }
+        try await Task.sleep(for: .seconds(2))
+        let betaAfter = try await destinations(client, room.roomId).first { $0.targetRoomId == made.linkedRooms[1].roomId }!
+        XCTAssertEqual(betaAfter.state, .live)
+        XCTAssertGreaterThan(betaAfter.bytesSent, betaBefore)
+        XCTAssertGreaterThan(viewerBytes.withLockedValue { $0 }, viewerBefore)
+
+        // It comes back: the destination reconnects and the platform has the stream again.
+        try alpha.nginx.start()
+        try await eventually("alpha's destination is live again") {
+            guard let a = try await destinations(client, room.roomId).first(where: { $0.targetRoomId == made.linkedRooms[0].roomId }) else { return false }
+            return a.state == .live && a.reconnects >= 1
+        }
+        let back = try await record("\(alpha.nginx.url)/\(try platformKey(alpha, made.linkedRooms[0]))", seconds: 2)
+        XCTAssertEqual(back.streams, ["audio:aac", "video:h264"])
+
+        // The refused destination did not retry in a loop meanwhile.
+        let stillRefused = try await destinations(client, room.roomId).first { $0.destinationId == bad.destinationId }!
+        XCTAssertEqual(stillRefused.state, .failed)
+        XCTAssertEqual(stillRefused.reconnects, 0)
+
+        // GetRoom shows the destinations too.
+        var get = GetRoomRequest()
+        get.roomId = room.roomId
+        let shown = try await client.unary(RoomService.getRoom, get)
+        XCTAssertEqual(shown.room?.destinations.count, 3)
+        var remove = RemoveDestinationRequest()
+        remove.roomId = room.roomId
+        remove.destinationId = bad.destinationId
+        _ = try await client.unary(RoomService.removeDestination, remove)
+        let left = try await destinations(client, room.roomId)
+        XCTAssertEqual(left.count, 2)
+    }
+
+    func testBadDestinationsAreRefusedWithReasons() async throws {
+        let alpha = try await platform("alpha")
+        defer { alpha.nginx.stop() }
+        let d = try await daemon([alpha])
+        defer { Task { try? await d.stop() } }
+        let client = try await d.connect(.unix)
+        var create = CreateRoomRequest()
+        create.title = "t"
+        create.kind = .live
+        create.platformId = "self"
+        let createdRoom = try await client.unary(RoomService.createRoom, create)
+        let room = try XCTUnwrap(createdRoom.room)
+        func add(_ url: String, _ key: String, target: String = "") async -> RPCStatus? {
+            var r = AddDestinationRequest()
+            r.roomId = room.roomId
+            r.url = url
+            r.streamKey = key
+            r.targetRoomId = target
+            do { _ = try await client.unary(RoomService.addDestination, r); return nil } catch let s as RPCStatus { return s } catch { return nil }
+        }
+        for (url, key, says) in [("http://x/live", "k", "rtmp://"), ("rtmp://host", "k", "application path"), ("rtmp://h:0/live", "k", "port"),
+                                 (alpha.nginx.url, "", "stream_key"), (alpha.nginx.url, "a b", "stream_key"),
+                                 ("rtmp://127.0.0.1:\(d.rtmpPort)/live", "k", "loop")] {
+            let s = await add(url, key)
+            XCTAssertEqual(s?.code, .invalidArgument, url)
+            XCTAssertTrue(s?.message.contains(says) == true, "\(url): \(s?.message ?? "")")
+        }
+        let selfTarget = await add("", "", target: room.roomId)
+        XCTAssertEqual(selfTarget?.code, .invalidArgument)
+        let missing = await add("", "", target: "rm_nope")
+        XCTAssertEqual(missing?.code, .invalidArgument)
+        let both = await add(alpha.nginx.url, "k", target: room.roomId)
+        XCTAssertEqual(both?.code, .invalidArgument, "both kinds at once")
+        // The daemon is fine.
+        let none = try await destinations(client, room.roomId)
+        XCTAssertEqual(none.count, 0)
+    }
+
+    func testDirectIngestIsMirroredIntoOurRoom() async throws {
+        let alpha = try await platform("alpha")
+        defer { alpha.nginx.stop() }
+        let d = try await daemon([alpha])
+        defer { Task { try? await d.stop() } }
+        let client = try await d.connect(.unix)
+        var create = CreateRoomRequest()
+        create.title = "Straight to alpha"
+        create.kind = .live
+        create.platformId = "alpha"
+        create.ingest = .direct
+        create.playMode = .embedded
+        let createdRoom = try await client.unary(RoomService.createRoom, create)
+        let room = try XCTUnwrap(createdRoom.room)
+        XCTAssertEqual(room.ingest, .direct)
+        XCTAssertEqual(room.pushServer, alpha.nginx.url, "the broadcaster publishes to the platform")
+
+        // Our own ingest refuses the platform's key: this room goes live on the platform.
+        let ours = try await Tool.run("ffmpeg", RTMPTests.ffmpegArguments(to: "rtmp://127.0.0.1:\(d.rtmpPort)/live/\(room.streamKey)", seconds: 0.5))
+        XCTAssertNotEqual(ours.status, 0)
+
+        let publisher = Task {
+            try await Tool.run("ffmpeg", RTMPTests.ffmpegArguments(to: "\(room.pushServer)/\(room.streamKey)", seconds: 30, realtime: true), timeout: 60)
+        }
+        defer { publisher.cancel() }
+        var get = GetRoomRequest()
+        get.roomId = room.roomId
+        try await eventually("the mirror room is live") {
+            try await client.unary(RoomService.getRoom, get).room?.status == .live
+        }
+        // liveroomctl watch gets FLV that ffprobe reads.
+        let file = dir.appendingPathComponent("mirror.flv").path
+        let watch = Task {
+            try await Tool.run("bash", ["-c", "timeout 4 '\(DaemonProcess.binDirectory.path)/liveroomctl' watch \(room.roomId) --viewer v1 --socket '\(d.socketPath)' > '\(file)'"])
+        }
+        _ = try await watch.value
+        let probe = try await Tool.probe(file)
+        XCTAssertEqual(probe.streams, ["audio:aac", "video:h264"])
+        XCTAssertGreaterThan(probe.duration, 1)
+    }
+}
