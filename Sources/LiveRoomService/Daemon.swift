@@ -147,7 +147,8 @@ public final class Daemon: Service, Sendable {
             logger.warning("TCP is enabled without tcp_token: every call over TCP except Health will be refused")
         }
         let relay = self.relay
-        await rooms.observeRooms { room in Task { await relay.roomLoaded(room) } }
+        // Weak: the relay holds the registry, and a cycle would keep the store open past exit.
+        await rooms.observeRooms { [weak relay] room in Task { await relay?.roomLoaded(room) } }
         let endpoints = try await server.start()
         do {
             try await startMedia()

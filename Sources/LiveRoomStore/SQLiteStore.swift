@@ -48,6 +48,10 @@ public final class SQLiteStore: RoomStore, ViewerStore, AudienceStore, Destinati
             if let maxPages { try db.execute(sql: "PRAGMA max_page_count = \(maxPages)") }
         }
         do {
+            // A file on a read-only mount may still open (its WAL files left by an unclean stop).
+            if FileManager.default.fileExists(atPath: path), !FileManager.default.isWritableFile(atPath: path) {
+                throw DatabaseError(resultCode: .SQLITE_READONLY, message: "\(path) is not writable")
+            }
             let pool = try DatabasePool(path: path, configuration: configuration)
             try Self.migrator.migrate(pool)
             self.pool = pool

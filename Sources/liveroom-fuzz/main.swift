@@ -1,5 +1,6 @@
 // libFuzzer targets: the RPC frame decoder and every message decoder (default), with
-// LIVEROOM_FUZZ_TARGET=rtmp the RTMP chunk parser, AMF0 decoder and FLV muxer, and with
+// LIVEROOM_FUZZ_TARGET=rtmp the RTMP chunk parser, AMF0 decoder and FLV muxer, with rtmp-client
+// what the RTMP client (relay, mirror) reads from a server and the FLV tag reader, and with
 // LIVEROOM_FUZZ_TARGET=daemon a whole daemon driven over its sockets (DaemonTarget.swift). Built by
 // tools/fuzz with -sanitize=fuzzer,address; an ordinary build links it as an empty program.
 import Foundation
@@ -14,6 +15,10 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     if let target = getenv("LIVEROOM_FUZZ_TARGET").map({ String(cString: $0) }) {
         if target == "rtmp" {
             fuzzRTMP(bytes)
+            return 0
+        }
+        if target == "rtmp-client" {
+            fuzzRTMPClient(bytes)
             return 0
         }
         if target == "daemon" {
@@ -42,6 +47,22 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
         }
     }
     return 0
+}
+
+/// A server's answer as the RTMP client reads it (relays and mirror pulls), and the same bytes
+/// as a room's media for the relay's FLV tag reader.
+func fuzzRTMPClient(_ bytes: UnsafeBufferPointer<UInt8>) {
+    var limits = RTMPLimits()
+    limits.maxMessageSize = 1 << 16
+    limits.maxBufferedBytes = 1 << 17
+    let buffer = ByteBuffer(bytes: bytes)
+    _ = RTMPClient.readServerBytes(buffer, limits: limits)
+    var reader = FLVTagReader()
+    var rest = buffer
+    while rest.readableBytes > 0 {
+        reader.feed(rest.readSlice(length: min(97, rest.readableBytes))!)
+        do { while try reader.next() != nil {} } catch { break }
+    }
 }
 
 /// The bytes after the handshake, as an RTMP server reads them.

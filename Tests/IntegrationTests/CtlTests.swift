@@ -79,7 +79,14 @@ final class CtlRoomTests: XCTestCase {
 
         let created = try runCtl(["create-room"] + sock + ["--platform", "douyin", "--title", "Spring sale", "--request-id", "r-1"])
         XCTAssertEqual(created.status, 0, created.stderr)
-        XCTAssertTrue(created.stdout.contains("push server  rtmp://push.douyin.example/live"), created.stdout)
+        // Relay ingest by default: the broadcaster publishes to us, and we to the platform.
+        XCTAssertTrue(created.stdout.contains("push server  rtmp://127.0.0.1:\(daemon.rtmpPort)/live"), created.stdout)
+        XCTAssertTrue(created.stdout.contains("ingest       relay"), created.stdout)
+        let direct = try runCtl(["create-room"] + sock + ["--platform", "douyin", "--title", "Direct", "--ingest", "direct"])
+        XCTAssertTrue(direct.stdout.contains("push server  rtmp://push.douyin.example/live"), direct.stdout)
+        XCTAssertTrue(direct.stdout.contains("ingest       direct"), direct.stdout)
+        let wrongIngest = try runCtl(["create-room"] + sock + ["--platform", "douyin", "--title", "x", "--ingest", "sideways"])
+        XCTAssertNotEqual(wrongIngest.status, 0)
         XCTAssertTrue(created.stdout.contains("key status   valid"), created.stdout)
 
         let json = try runCtl(["create-room", "--json"] + sock + ["--platform", "douyin", "--title", "Spring sale", "--request-id", "r-1"])
@@ -90,7 +97,7 @@ final class CtlRoomTests: XCTestCase {
         let list = try runCtl(["rooms"] + sock + ["--platform", "douyin"])
         XCTAssertTrue(list.stdout.hasPrefix("ROOM "), list.stdout)
         XCTAssertTrue(list.stdout.contains(room), list.stdout)
-        XCTAssertEqual(list.stdout.split(separator: "\n").count, 2, "header and one room")
+        XCTAssertEqual(list.stdout.split(separator: "\n").count, 3, "header and two rooms")
 
         let rotated = try runCtl(["rotate-key"] + sock + [room])
         XCTAssertEqual(rotated.status, 0, rotated.stderr)

@@ -165,8 +165,9 @@ final class RoomRegistryTests: XCTestCase {
         Self.request(platform, title, requestId: requestId)
     }
 
-    static func request(_ platform: String, _ title: String = "Launch", requestId: String = "") -> CreateRoomRequest {
+    static func request(_ platform: String, _ title: String = "Launch", requestId: String = "", ingest: Ingest = .unspecified) -> CreateRoomRequest {
         var r = CreateRoomRequest()
+        r.ingest = ingest
         r.kind = .live
         r.platformId = platform
         r.title = title
@@ -270,7 +271,7 @@ final class RoomRegistryTests: XCTestCase {
 
     func testExternalRotationGoesThroughTheConnectorAndUsesThePlatformTTL() async throws {
         let registry = makeRegistry()
-        let room = try await registry.create(request("fake")).room
+        let room = try await registry.create(Self.request("fake", ingest: .direct)).room
         XCTAssertEqual(room.keyExpiresAtMs, room.createdAtMs + 3_600_000, "the platform gave no expiry: its configured TTL applies")
         let rotated = try await registry.room(room.id).rotateKey()
         XCTAssertEqual(rotated.streamKey, "fake-key-1")
@@ -278,7 +279,7 @@ final class RoomRegistryTests: XCTestCase {
 
     func testConcurrentRotationsKeepThePlatformsLatestKey() async throws {
         let registry = makeRegistry()
-        let room = try await registry.create(request("fake")).room
+        let room = try await registry.create(Self.request("fake", ingest: .direct)).room
         let actor = try await registry.room(room.id)
         // The first rotation is slow at the platform; the second, started meanwhile, is quick.
         connector.rotationDelays.withLock { $0 = [.milliseconds(300), .zero] }

@@ -264,6 +264,16 @@ struct RTMPStatus: CustomStringConvertible {
     var level: String
     var code: String
     var text: String
+
+    init?(_ message: RTMPMessage) {
+        guard message.type == .commandAMF0 || message.type == .commandAMF3, let values = try? RTMPClientMessages.values(message),
+            values.first?.stringValue == "onStatus", let info = values.dropFirst(3).first
+        else { return nil }
+        level = info["level"]?.stringValue ?? ""
+        code = info["code"]?.stringValue ?? ""
+        text = info["description"]?.stringValue ?? ""
+    }
+
     var isError: Bool { level == "error" }
     var description: String { text.isEmpty ? code : "\(code) (\(text))" }
 }
@@ -382,11 +392,7 @@ struct Conversation {
                 channel.triggerUserOutboundEvent(RTMPAcknowledger.PeerWindow(size: size), promise: nil)
             }
         case .commandAMF0, .commandAMF3:
-            guard let values = try? RTMPClientMessages.values(message), values.first?.stringValue == "onStatus",
-                let info = values.dropFirst(3).first
-            else { return nil }
-            return RTMPStatus(level: info["level"]?.stringValue ?? "", code: info["code"]?.stringValue ?? "",
-                              text: info["description"]?.stringValue ?? "")
+            return RTMPStatus(message)
         default:
             break
         }
@@ -443,4 +449,32 @@ extension RTMPControl {
 extension AMF0: ExpressibleByStringLiteral, ExpressibleByIntegerLiteral {
     public init(stringLiteral value: String) { self = .string(value) }
     public init(integerLiteral value: Int) { self = .number(Double(value)) }
+}
+
+extension RTMPClient {
+    /// Reads bytes as a client reads a server's: the handshake answer, then chunks, commands,
+    /// statuses and media as FLV tags. Returns how many messages it understood. For the fuzzer:
+    /// whatever the bytes, this must neither crash nor hold more than the limits allow.
+    package static func readServerBytes(_ bytes: ByteBuffer, limits: RTMPLimits) -> Int {
+        var b = bytes
+        guard b.readInteger(as: UInt8.self) == 3, b.readSlice(length: 2 * RTMPHandshakeHandler.signatureSize) != nil else { return 0 }
+        var decoder = RTMPChunkDecoder(limits: limits)
+        var muxer = FLVMuxer()
+        var reader = FLVTagReader()
+        var understood = 0
+        while let next = try? decoder.next(&b) {
+            guard let message = next else { continue }
+            if RTMPStatus(message) != nil { understood += 1 }
+            if let values = try? RTMPClientMessages.values(message), values.first?.stringValue == "_result" { understood += 1 }
+            let parts = message.type == .aggregate ? (try? RTMPSession.split(aggregate: message)) ?? [] : [message]
+            for part in parts {
+                guard let tag = muxer.tag(for: part) else { continue }
+                reader.feed(tag.payload)
+                while let item = try? reader.next() {
+                    if case .tag(let t) = item { _ = RTMPClientMessages.media(t, streamId: 1); understood += 1 }
+                }
+            }
+        }
+        return understood
+    }
 }
