@@ -60,6 +60,9 @@ struct PlatformSim: AsyncParsableCommand {
     @Flag(help: "Start a real nginx-rtmp of its own on a free port as the platform's media server (needs nginx and libnginx-mod-rtmp).")
     var nginx = false
 
+    @Option(name: .customLong("live-http-flv"), help: "Every open room is live, pulled from this HTTP-FLV URL (a platform that offers HTTP-FLV pulls).")
+    var liveHTTPFLV: String?
+
     func run() async throws {
         var listen: [Endpoint] = []
         if let socket { listen.append(.unix(path: socket)) }
@@ -84,7 +87,7 @@ struct PlatformSim: AsyncParsableCommand {
             media = n.url
         }
         defer { mediaServer?.stop() }
-        await platform.setMedia(media)
+        await platform.setMedia(media, liveHTTPFLV: liveHTTPFLV)
         await platform.writeState()
         var registry = ServiceRegistry()
         platform.register(in: &registry)
@@ -143,7 +146,13 @@ actor SimPlatform {
     /// The media server's rtmp://HOST:PORT/APP, if the platform has one.
     private(set) var media: String?
 
-    func setMedia(_ url: String?) { media = url }
+    /// Every open room is live with this HTTP-FLV pull URL.
+    private(set) var liveHTTPFLV: String?
+
+    func setMedia(_ url: String?, liveHTTPFLV: String?) {
+        media = url
+        self.liveHTTPFLV = liveHTTPFLV
+    }
 
     /// nginx-rtmp's on_publish: may this key publish? A yes makes its room live.
     func onPublish(key: String) -> Bool {
@@ -241,6 +250,10 @@ actor SimPlatform {
         out.status = room.closed ? .ended : RoomStatus(rawValue: room.status)
         out.keyExpiresAtMs = room.keyExpiresAtMs
         if let media, room.live && !room.closed { out.pullUrl = "\(media)/\(room.key)" }
+        if let liveHTTPFLV, !room.closed {
+            out.status = .live
+            out.pullUrl = liveHTTPFLV
+        }
         return out
     }
 

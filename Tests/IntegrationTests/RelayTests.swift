@@ -248,4 +248,42 @@ final class RelayTests: XCTestCase {
         XCTAssertEqual(probe.streams, ["audio:aac", "video:h264"])
         XCTAssertGreaterThan(probe.duration, 1)
     }
+
+    /// A platform that offers HTTP-FLV pulls: ffmpeg serves a live FLV over HTTP (a real server).
+    func testDirectIngestIsMirroredOverHTTPFLV() async throws {
+        let port = try NginxRTMP.freePort()
+        let server = Task {
+            try await Tool.run("ffmpeg", ["-nostdin", "-v", "error", "-re", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25",
+                                          "-f", "lavfi", "-i", "sine=frequency=440", "-t", "20", "-c:v", "libx264", "-preset", "ultrafast",
+                                          "-g", "25", "-pix_fmt", "yuv420p", "-c:a", "aac", "-f", "flv", "-listen", "1",
+                                          "http://127.0.0.1:\(port)/live.flv"], timeout: 40)
+        }
+        defer { server.cancel() }
+        let sim = try await PlatformSimProcess(name: "gamma", directory: dir, extra: ["--live-http-flv", "http://127.0.0.1:\(port)/live.flv"])
+        let config = dir.appendingPathComponent("d.conf")
+        try ("mirror_poll_ms = 300\nrelay_retry_max_ms = 2000\n" + sim.configSection()).write(to: config, atomically: true, encoding: .utf8)
+        let d = try await DaemonProcess(arguments: ["--config", config.path], directory: dir)
+        defer { Task { try? await d.stop() } }
+        let client = try await d.connect(.unix)
+        var create = CreateRoomRequest()
+        create.title = "HTTP-FLV"
+        create.kind = .live
+        create.platformId = "gamma"
+        create.ingest = .direct
+        let made = try await client.unary(RoomService.createRoom, create)
+        let room = try XCTUnwrap(made.room)
+        var watch = WatchRequest()
+        watch.roomId = room.roomId
+        watch.viewerId = "v1"
+        var got = ByteBuffer()
+        let call = try await client.serverStreaming(MediaService.watch, watch)
+        for try await m in call.responses {
+            if case .chunk(var c)? = m.message { got.writeBuffer(&c.payload) }
+            if got.readableBytes > 100_000 { break }
+        }
+        let file = dir.appendingPathComponent("http-mirror.flv")
+        try Data(got.readableBytesView).write(to: file)
+        let probe = try await Tool.probe(file.path)
+        XCTAssertEqual(probe.streams, ["audio:aac", "video:h264"])
+    }
 }

@@ -92,19 +92,27 @@ actor MirrorSupervisor {
     }
 
     static func pullOnce(_ room: RoomActor, from url: String, client: RTMPClient.Configuration) async throws {
-        guard url.hasPrefix("rtmp://") else {
-            throw RoomError(.failedPrecondition, "pull URL \(url): only rtmp:// pulls are supported")
-        }
-        let (server, stream) = try RTMPURL.splitPlay(url)
-        let session = try await room.beginMirror(publisherId: "mirror:\(server)")
+        let isRTMP = url.hasPrefix("rtmp://")
+        let play = isRTMP ? try RTMPURL.splitPlay(url) : nil
+        if !isRTMP { _ = try HTTPFLVClient.parse(url) }
+        let session = try await room.beginMirror(publisherId: "mirror:\(play.map { "\($0.server)" } ?? "http-flv")")
         var muxer = FLVMuxer()
         var bundler = TagBundler()
         var ending = "the platform's live ended"
         do {
             try await room.publish(muxer.fileHeader(), session: session)
-            try await RTMPClient.play(from: server, stream: stream, configuration: client) { message in
-                guard let tag = muxer.tag(for: message) else { return }
-                for c in bundler.add(tag) { try await room.publish(c, session: session) }
+            if let (server, stream) = play {
+                try await RTMPClient.play(from: server, stream: stream, configuration: client) { message in
+                    guard let tag = muxer.tag(for: message) else { return }
+                    for c in bundler.add(tag) { try await room.publish(c, session: session) }
+                }
+            } else {
+                // HTTP-FLV tags are the same messages RTMP would carry: muxed the same way.
+                try await HTTPFLVClient.pull(url, configuration: client) { flv in
+                    let message = RTMPMessage(chunkStreamId: 0, type: RTMPMessageType(rawValue: flv.type), timestamp: flv.timestamp, payload: flv.data)
+                    guard let tag = muxer.tag(for: message) else { return }
+                    for c in bundler.add(tag) { try await room.publish(c, session: session) }
+                }
             }
             for c in bundler.flush() { try await room.publish(c, session: session) }
         } catch {
