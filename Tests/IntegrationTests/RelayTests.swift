@@ -106,10 +106,14 @@ final class RelayTests: XCTestCase {
         watch.roomId = room.roomId
         watch.viewerId = "v1"
         let viewerBytes = NIOLockedValueBox(0)
+        let watched = NIOLockedValueBox(ByteBuffer())
         let viewer = Task {
             let call = try await client.serverStreaming(MediaService.watch, watch)
             for try await m in call.responses {
-                if case .chunk(let c)? = m.message { viewerBytes.withLockedValue { $0 += c.payload.readableBytes } }
+                if case .chunk(var c)? = m.message {
+                    viewerBytes.withLockedValue { $0 += c.payload.readableBytes }
+                    watched.withLockedValue { _ = $0.writeBuffer(&c.payload) }
+                }
             }
         }
         defer { viewer.cancel() }
@@ -129,6 +133,13 @@ final class RelayTests: XCTestCase {
             XCTAssertEqual(probe.streams, ["audio:aac", "video:h264"])
             XCTAssertGreaterThan(probe.duration, 1.5)
         }
+
+        // Our own viewer gets the same stream.
+        let ours = dir.appendingPathComponent("ours.flv")
+        try Data(watched.withLockedValue { $0 }.readableBytesView).write(to: ours)
+        let probeOurs = try await Tool.probe(ours.path)
+        XCTAssertEqual(probeOurs.streams, ["audio:aac", "video:h264"])
+        XCTAssertGreaterThan(probeOurs.duration, 1.5)
 
         // alpha's media server dies: beta and our viewer carry on.
         alpha.nginx.kill()
@@ -197,6 +208,57 @@ final class RelayTests: XCTestCase {
             XCTAssertEqual(s?.code, .invalidArgument, url)
             XCTAssertTrue(s?.message.contains(says) == true, "\(url): \(s?.message ?? "")")
         }
+        // Peers that are not RTMP servers: one answers garbage, one hangs up at once. Each
+        // destination goes to retrying with the reason; the daemon carries on.
+        let garbage = try NginxRTMP.freePort(), hangup = try NginxRTMP.freePort()
+        let peers = Task {
+            try await Tool.run("python3", ["-c", """
+                import socket, threading, time
+                def serve(port, answer):
+                    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("127.0.0.1", port)); s.listen(16)
+                    while True:
+                        c, _ = s.accept(); c.recv(4096)
+                        if answer: c.sendall(answer)
+                        c.close()
+                threading.Thread(target=serve, args=(\(garbage), b"HTTP/1.1 400 Bad Request\\r\\n\\r\\n" * 400), daemon=True).start()
+                threading.Thread(target=serve, args=(\(hangup), b""), daemon=True).start()
+                time.sleep(25)
+                """], timeout: 30)
+        }
+        defer { peers.cancel() }
+        try await Task.sleep(for: .milliseconds(300))
+        let addedGarbage = await add("rtmp://127.0.0.1:\(garbage)/live", "k1")
+        let addedHangup = await add("rtmp://127.0.0.1:\(hangup)/live", "k2")
+        XCTAssertNil(addedGarbage)
+        XCTAssertNil(addedHangup)
+        let session = try await client.streaming(MediaService.streamData)
+        var start = StreamDataRequest()
+        var begin = PublishStart()
+        begin.roomId = room.roomId
+        begin.streamKey = room.streamKey
+        start.message = .start(begin)
+        try await session.send(start)
+        var header = StreamDataRequest()
+        var c = MediaChunk()
+        c.header = true
+        c.payload = ByteBuffer(bytes: [0x46, 0x4C, 0x56, 1, 5, 0, 0, 0, 9, 0, 0, 0, 0])
+        header.message = .chunk(c)
+        try await session.send(header)
+        try await eventually("both peers put their destinations into retrying") {
+            let list = try await destinations(client, room.roomId)
+            return list.count == 2 && list.allSatisfy { $0.state == .retrying }
+        }
+        let reasons = try await destinations(client, room.roomId).map(\.lastError)
+        XCTAssertTrue(reasons[0].contains("version 72"), reasons[0])  // "H" of HTTP where RTMP's 3 should be
+        XCTAssertTrue(reasons[1].contains("handshake"), reasons[1])
+        _ = try? await session.finish()
+        for d in try await destinations(client, room.roomId) {
+            var r = RemoveDestinationRequest()
+            r.roomId = room.roomId
+            r.destinationId = d.destinationId
+            _ = try await client.unary(RoomService.removeDestination, r)
+        }
+
         let selfTarget = await add("", "", target: room.roomId)
         XCTAssertEqual(selfTarget?.code, .invalidArgument)
         let missing = await add("", "", target: "rm_nope")

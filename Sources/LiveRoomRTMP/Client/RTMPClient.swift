@@ -257,6 +257,12 @@ public struct RTMPPublisher: Sendable {
     public func send(_ tag: FLVTag) async throws {
         try await outbound.write(RTMPClientMessages.media(tag, streamId: streamId))
     }
+
+    /// Sends tags with one hand-over to the connection and one flush.
+    public func send(_ tags: [FLVTag]) async throws {
+        guard !tags.isEmpty else { return }
+        try await outbound.write(contentsOf: tags.map { RTMPClientMessages.media($0, streamId: streamId) })
+    }
 }
 
 /// The `onStatus` a server sent.

@@ -226,6 +226,7 @@ struct TagSender {
     mutating func send(_ chunk: MediaChunk) async throws -> Int {
         reader.feed(chunk.payload)
         var bytes = 0
+        var tags: [FLVTag] = []
         while let item = try reader.next() {
             switch item {
             case .streamStart:
@@ -234,10 +235,12 @@ struct TagSender {
                 base = nil
             case .tag(var tag):
                 tag.timestamp = chunk.header ? last : stamp(tag.timestamp)
-                try await publisher.send(tag)
                 bytes += tag.data.readableBytes
+                tags.append(tag)
             }
         }
+        // A chunk is a video frame and the audio before it: one write, one flush.
+        try await publisher.send(tags)
         return bytes
     }
 

@@ -10,7 +10,7 @@ import Logging
 /// destination is removed.
 public actor RelayManager {
     /// A room has at most this many destinations: each one is a connection and a queue.
-    static let maxDestinations = 32
+    static let maxDestinations = 64
 
     private let context: RelayContext
     private let store: DestinationStore
