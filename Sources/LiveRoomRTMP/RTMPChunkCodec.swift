@@ -171,6 +171,9 @@ public final class RTMPChunkEncoder: MessageToByteEncoder {
 
     public init() {}
 
+    /// An encoder for a connection whose chunk size was already announced.
+    public init(chunkSize: Int) { self.chunkSize = chunkSize }
+
     public func encode(data message: RTMPMessage, out: inout ByteBuffer) throws {
         var payload = message.payload
         let extended = message.timestamp >= 0xFF_FFFF

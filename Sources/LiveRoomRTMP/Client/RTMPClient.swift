@@ -125,7 +125,8 @@ public enum RTMPClient {
             try await conversation.send(RTMPClientMessages.command(
                 ["publish", 0, .null, .string(streamKey), .string("live")], streamId: streamId))
             try await conversation.awaitStatus("NetStream.Publish.Start", refusal: "publish", streamKey: streamKey, &it)
-            let publisher = RTMPPublisher(outbound: outbound, streamId: streamId)
+            let publisher = RTMPPublisher(outbound: outbound, streamId: streamId, channel: connection.channel,
+                                          chunkSize: Int(configuration.chunkSize))
             return try await withThrowingTaskGroup(of: T?.self) { group in
                 group.addTask {
                     defer { connection.channel.close(promise: nil) }
@@ -251,18 +252,18 @@ public enum RTMPClient {
 /// Sends FLV tags as RTMP messages on a published stream.
 public struct RTMPPublisher: Sendable {
     let outbound: NIOAsyncChannelOutboundWriter<RTMPMessage>
-    let streamId: UInt32
+    /// The published stream's message stream id.
+    public let streamId: UInt32
+    /// The connection, for senders that write from its event loop (see `RTMPTagWriter`).
+    public let channel: Channel
+    /// The chunk size this side announced.
+    public let chunkSize: Int
 
     /// Sends one tag; waits while the connection cannot take more (a slow server).
     public func send(_ tag: FLVTag) async throws {
         try await outbound.write(RTMPClientMessages.media(tag, streamId: streamId))
     }
 
-    /// Sends tags with one hand-over to the connection and one flush.
-    public func send(_ tags: [FLVTag]) async throws {
-        guard !tags.isEmpty else { return }
-        try await outbound.write(contentsOf: tags.map { RTMPClientMessages.media($0, streamId: streamId) })
-    }
 }
 
 /// The `onStatus` a server sent.
@@ -407,7 +408,7 @@ struct Conversation {
 }
 
 /// Builders for what a client sends.
-enum RTMPClientMessages {
+public enum RTMPClientMessages {
     static let allocator = ByteBufferAllocator()
 
     /// Commands on stream 0 go on chunk stream 3, commands on a media stream on 8 (as librtmp does).
@@ -423,7 +424,7 @@ enum RTMPClientMessages {
     }
 
     /// An FLV tag as the RTMP message that carries it; metadata becomes `@setDataFrame`.
-    static func media(_ tag: FLVTag, streamId: UInt32) -> RTMPMessage {
+    public static func media(_ tag: FLVTag, streamId: UInt32) -> RTMPMessage {
         switch tag.type {
         case FLVTag.audio:
             return RTMPMessage(chunkStreamId: 4, type: .audio, messageStreamId: streamId, timestamp: tag.timestamp, payload: tag.data)

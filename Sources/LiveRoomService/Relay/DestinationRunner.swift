@@ -4,11 +4,14 @@ import LiveRoomMessages
 import LiveRoomRTMP
 import Logging
 import NIOCore
+import NIOPosix
 import Synchronization
 
 /// What a relay needs from the daemon, shared by every destination.
 struct RelayContext: Sendable {
     let registry: RoomRegistry
+    /// Destinations are fed on their connection's event loop, one lane per loop.
+    let lanes = RelayLanes()
     var retry = Backoff()
     var client = RTMPClient.Configuration()
     /// Whether a URL names our own RTMP ingest (publishing there would loop).
@@ -67,7 +70,7 @@ final class DestinationRunner: Sendable {
         await t?.value
     }
 
-    private enum Outcome {
+    enum Outcome: Sendable {
         case roomClosed
         case sourceEnded
         case refused(String)
@@ -85,9 +88,11 @@ final class DestinationRunner: Sendable {
         var backoff = context.retry
         var awaitNewPublisher = false
         while !Task.isCancelled {
+            // The connection and the queue's feeding share one event loop: no hop per chunk.
+            let lane = context.lanes.lane(for: MultiThreadedEventLoopGroup.singleton.next())
             let output: (token: Int, queue: ViewerQueue)
-            do { output = try await room.attachOutput() } catch { break }  // the room has ended
-            let outcome = await relay(QueueReader(output.queue), awaitNewPublisher: awaitNewPublisher)
+            do { output = try await room.attachOutput(lane: lane) } catch { break }  // the room has ended
+            let outcome = await relay(QueueReader(output.queue), lane: lane, awaitNewPublisher: awaitNewPublisher)
             await room.leave(output.token)
             if Task.isCancelled { break }
             switch outcome {
@@ -115,7 +120,7 @@ final class DestinationRunner: Sendable {
     }
 
     /// One turn: wait for media, connect, relay until the source ends or something fails.
-    private func relay(_ reader: QueueReader, awaitNewPublisher: Bool) async -> Outcome {
+    private func relay(_ reader: QueueReader, lane: RelayLane, awaitNewPublisher: Bool) async -> Outcome {
         var waiting = awaitNewPublisher
         var first: MediaChunk?
         while first == nil {
@@ -144,34 +149,24 @@ final class DestinationRunner: Sendable {
         context.metrics.connects.increment()
         let (metrics, registry) = (context.metrics, context.registry)
         let initial = first!
+        let queue = reader.queue
         do {
-            return try await RTMPClient.publish(to: server, streamKey: key, configuration: context.client) { [self] publisher in
+            return try await RTMPClient.publish(to: server, streamKey: key, configuration: context.client, group: lane.eventLoop) { [self] publisher in
                 state.withLock { $0.live(nowMs: registry.now) }
                 metrics.live.increment()
                 defer { metrics.live.decrement() }
-                var sender = TagSender(publisher: publisher)
-                var sent = try await sender.send(initial)
-                state.withLock { $0.sent(sent, nowMs: registry.now) }
-                metrics.bytesSent.increment(by: sent)
-                while true {
-                    switch await reader.next() {
-                    case .item(.chunk(let c)):
-                        sent = try await sender.send(c)
-                        state.withLock { $0.sent(sent, nowMs: registry.now) }
-                        metrics.bytesSent.increment(by: sent)
-                    case .item(.event(let e)):
-                        switch e.kind {
-                        case .ended: return .sourceEnded
-                        case .closed: return .roomClosed
-                        case .skipped: sender.skipped()
-                        default: break
-                        }
-                    case .finished(let error):
-                        return error.map { .failed("fell behind: \($0.message)") } ?? .roomClosed
-                    case .empty:
-                        continue
-                    }
+                let loop = publisher.channel.eventLoop
+                let done = loop.makePromise(of: Outcome.self)
+                let sent: @Sendable (Int) -> Void = { [self] bytes in
+                    state.withLock { $0.sent(bytes, nowMs: registry.now) }
+                    metrics.bytesSent.increment(by: bytes)
                 }
+                try await loop.submit {
+                    let pump = RelayPump(queue: queue, publisher: publisher, done: done, sent: sent)
+                    try publisher.channel.pipeline.syncOperations.addHandler(pump.writer, position: .first)
+                    pump.start(first: initial)
+                }.get()
+                return try await done.futureResult.get()
             }
         } catch let e as RTMPClientError {
             switch e {
@@ -211,21 +206,17 @@ final class DestinationRunner: Sendable {
     }
 }
 
-/// Turns a room's chunks back into FLV tags and sends them, on a timeline that starts at the
-/// first tag sent on this connection and keeps growing across publisher changes.
+/// Turns a room's chunks back into FLV tags, on a timeline that starts at the first tag sent on
+/// this connection and keeps growing across publisher changes.
 struct TagSender {
-    let publisher: RTMPPublisher
     private var reader = FLVTagReader()
     private var base: UInt32?
     private var carry: UInt32 = 0
     private var last: UInt32 = 0
 
-    init(publisher: RTMPPublisher) { self.publisher = publisher }
-
-    /// Sends the tags the chunk completes; returns the bytes sent.
-    mutating func send(_ chunk: MediaChunk) async throws -> Int {
+    /// The tags the chunk completes, stamped for this connection.
+    mutating func tags(for chunk: MediaChunk) throws -> [FLVTag] {
         reader.feed(chunk.payload)
-        var bytes = 0
         var tags: [FLVTag] = []
         while let item = try reader.next() {
             switch item {
@@ -235,13 +226,10 @@ struct TagSender {
                 base = nil
             case .tag(var tag):
                 tag.timestamp = chunk.header ? last : stamp(tag.timestamp)
-                bytes += tag.data.readableBytes
                 tags.append(tag)
             }
         }
-        // A chunk is a video frame and the audio before it: one write, one flush.
-        try await publisher.send(tags)
-        return bytes
+        return tags
     }
 
     /// Chunks were dropped: a part-read tag will never complete.
@@ -257,4 +245,119 @@ struct TagSender {
         last = out
         return out
     }
+}
+
+/// Moves a destination's queue into its RTMP connection, on the connection's event loop: the
+/// room's lane offers each chunk on that loop, and the pump writes it at once while the
+/// connection takes writes, or leaves it queued (to skip, or be dropped) while it does not.
+/// Confined to the loop.
+final class RelayPump {
+    let writer: RTMPTagWriter
+    private let queue: ViewerQueue
+    private let done: EventLoopPromise<DestinationRunner.Outcome>
+    private let sent: @Sendable (Int) -> Void
+    private let loop: EventLoop
+    private var sender = TagSender()
+    private var finished = false
+
+    init(queue: ViewerQueue, publisher: RTMPPublisher, done: EventLoopPromise<DestinationRunner.Outcome>, sent: @escaping @Sendable (Int) -> Void) {
+        self.queue = queue
+        self.done = done
+        self.sent = sent
+        self.loop = publisher.channel.eventLoop
+        var onChange: ((Bool) -> Void)?
+        writer = RTMPTagWriter(streamId: publisher.streamId, chunkSize: publisher.chunkSize) { open in onChange?(open) }
+        onChange = { [weak self] open in
+            if open { self?.drain() } else { self?.finish(.failed("the server closed the connection")) }
+        }
+    }
+
+    func start(first: MediaChunk) {
+        guard writer.isOpen else {
+            finish(.failed("the server closed the connection"))
+            return
+        }
+        handle(.chunk(first))
+        writer.flush()
+        let me = NIOLoopBound(self, eventLoop: loop)
+        queue.onReady(direct: { item in me.value.offered(item) }, { me.value.drain() })
+    }
+
+    /// An item offered to the empty queue: written now if the connection takes it.
+    private func offered(_ item: ViewerItem) -> Bool {
+        guard !finished, writer.isWritable else { return false }
+        handle(item)
+        writer.flush()
+        return true
+    }
+
+    private func drain() {
+        var wrote = false
+        loop: while !finished && writer.isWritable {
+            switch queue.poll() {
+            case .item(let item):
+                handle(item)
+                wrote = true
+            case .empty:
+                break loop
+            case .finished(let error):
+                finish(error.map { .failed("fell behind: \($0.message)") } ?? .roomClosed)
+            }
+        }
+        if wrote { writer.flush() }
+    }
+
+    private func handle(_ item: ViewerItem) {
+        guard !finished else { return }
+        switch item {
+        case .chunk(let chunk):
+            do {
+                var bytes = 0
+                for tag in try sender.tags(for: chunk) {
+                    try writer.write(tag)
+                    bytes += tag.data.readableBytes
+                }
+                if bytes > 0 { sent(bytes) }
+            } catch let e as RTMPError {
+                finish(.refused("the room's media cannot be relayed over RTMP: \(e.description) (only FLV, as RTMP and liveroomctl publish make, can be)"))
+            } catch {
+                finish(.failed("\(error)"))
+            }
+        case .event(let e):
+            switch e.kind {
+            case .ended: finish(.sourceEnded)
+            case .closed: finish(.roomClosed)
+            case .skipped: sender.skipped()
+            default: break
+            }
+        }
+    }
+
+    private func finish(_ outcome: DestinationRunner.Outcome) {
+        guard !finished else { return }
+        finished = true
+        queue.stopNotifying()
+        done.succeed(outcome)
+    }
+}
+
+/// A lane per event loop for the relays whose connections live there.
+final class RelayLanes: Sendable {
+    private let lanes = Mutex<[ObjectIdentifier: RelayLane]>([:])
+
+    func lane(for loop: EventLoop) -> RelayLane {
+        lanes.withLock { all in
+            if let l = all[ObjectIdentifier(loop)] { return l }
+            let l = RelayLane(eventLoop: loop)
+            all[ObjectIdentifier(loop)] = l
+            return l
+        }
+    }
+}
+
+/// Feeds a room's outputs on one event loop.
+final class RelayLane: ViewerLane {
+    let eventLoop: EventLoop
+    init(eventLoop: EventLoop) { self.eventLoop = eventLoop }
+    func run(_ work: @escaping @Sendable () -> Void) { eventLoop.execute(work) }
 }
