@@ -130,6 +130,7 @@ let package = Package(
             "LiveRoomRTMP", "LiveRoomTesting",
             .product(name: "NIOEmbedded", package: "swift-nio"),
         ]),
+        .testTarget(name: "LiveRoomServiceTests", dependencies: ["LiveRoomService", "LiveRoomRTMP", "LiveRoomMessages"]),
         .testTarget(name: "LiveRoomStoreTests", dependencies: [
             "LiveRoomStore", "LiveRoomDomain", .product(name: "GRDB", package: "GRDB.swift"),
         ]),
