@@ -186,7 +186,10 @@ public final class Daemon: Service, Sendable {
     }
 
     public func run() async throws {
-        try await start()
+        // Run inside the ServiceGroup, whose signal handlers exist by now: whoever waits for
+        // "ready" may send SIGTERM at once and get a graceful stop.
+        let endpoints = try await start()
+        logger.info("liveroomd ready", metadata: ["endpoints": "\(endpoints.map(\.description).joined(separator: " "))"])
         let rooms = self.rooms
         let flusher = Task {
             while !Task.isCancelled {

@@ -98,8 +98,9 @@ struct LiveRoomd: AsyncParsableCommand {
             throw ExitCode(1)
         }
         do {
-            let endpoints = try await daemon.start()
-            logger.info("liveroomd ready", metadata: ["endpoints": "\(endpoints.map(\.description).joined(separator: " "))"])
+            // Bound here so that a listener that cannot be had ends the program with a clear
+            // message; "ready" is logged by the daemon once its signal handlers are in place.
+            try await daemon.start()
         } catch {
             FileHandle.standardError.write(Data("liveroomd: \(error)\n".utf8))
             throw ExitCode(1)
