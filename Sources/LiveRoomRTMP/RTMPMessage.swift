@@ -20,6 +20,15 @@ public struct RTMPMessage: Sendable, Equatable {
     }
 }
 
+extension RTMPMessage {
+    /// The AMF0 values of a command (an AMF3 command starts with a format byte, then AMF0 as ever).
+    public func commandValues() throws -> [AMF0] {
+        var p = payload
+        if type == .commandAMF3 { p.moveReaderIndex(forwardBy: min(1, p.readableBytes)) }
+        return try AMF0.decodeAll(p)
+    }
+}
+
 /// RTMP message type ids (RTMP 1.0 spec, section 5.4 and 7.1).
 public struct RTMPMessageType: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
     public var rawValue: UInt8

@@ -153,10 +153,12 @@ public final class RTMPServer: Sendable {
 }
 
 /// Closes a connection that went quiet (an IdleStateHandler's read timeout).
-final class CloseOnIdleHandler: ChannelInboundHandler {
-    typealias InboundIn = NIOAny
+public final class CloseOnIdleHandler: ChannelInboundHandler {
+    public typealias InboundIn = NIOAny
 
-    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+    public init() {}
+
+    public func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if let idle = event as? IdleStateHandler.IdleStateEvent, idle == .read {
             context.close(promise: nil)
         } else {

@@ -44,11 +44,8 @@ struct RTMPSession {
     mutating func handle(_ message: RTMPMessage) async throws -> Next {
         switch message.type {
         case .commandAMF0, .commandAMF3:
-            var payload = message.payload
-            // An AMF3 command starts with a format byte, then AMF0 values as ever.
-            if message.type == .commandAMF3 { payload.moveReaderIndex(forwardBy: min(1, payload.readableBytes)) }
             let values: [AMF0]
-            do { values = try AMF0.decodeAll(payload) } catch {
+            do { values = try message.commandValues() } catch {
                 throw RTMPError.protocolViolation("RTMP command is not valid AMF0: \(error)")
             }
             return try await command(values, streamId: message.messageStreamId)

@@ -27,10 +27,6 @@ public final class Daemon: Service, Sendable {
     /// The bound RTMP port, once known (0 before).
     private let ownIngest = BoundPort()
 
-    static func host(of address: String) -> String {
-        guard let colon = address.lastIndex(of: ":") else { return address }
-        return String(address[..<colon]).trimmingCharacters(in: CharacterSet(charactersIn: "[]")).lowercased()
-    }
 
     public init(configuration: DaemonConfiguration, logger: Logger) throws {
         self.configuration = configuration
@@ -70,8 +66,9 @@ public final class Daemon: Service, Sendable {
 
         // Relays and mirrors need to know our own ingest (to refuse loops) once it is bound.
         let ownIngest = self.ownIngest
-        let ownHosts: Set<String> = ["127.0.0.1", "localhost", "::1", "0.0.0.0", "::", configuration.rtmp.map { Self.host(of: $0) } ?? ""]
-        var relayContext = RelayContext(registry: rooms, isOwnIngest: { url in
+        var ownHosts: Set<String> = ["127.0.0.1", "localhost", "::1", "0.0.0.0", "::"]
+        if let address = configuration.rtmp, case .tcp(let host, _) = try Endpoint.parseTCP(address) { ownHosts.insert(host.lowercased()) }
+        var relayContext = RelayContext(registry: rooms, isOwnIngest: { [ownHosts] url in
             let port = ownIngest.port.load(ordering: .relaxed)
             return port != 0 && url.port == port && ownHosts.contains(url.host.lowercased())
         }, metrics: RelayMetrics(factory: factory), logger: logger)

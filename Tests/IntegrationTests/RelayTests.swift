@@ -31,10 +31,28 @@ final class RelayTests: XCTestCase {
         return Platform(sim: sim, nginx: nginx)
     }
 
-    func daemon(_ platforms: [Platform], settings: String = "mirror_poll_ms = 300\nrelay_retry_max_ms = 2000\n") async throws -> DaemonProcess {
+    func daemon(_ platforms: [Platform]) async throws -> DaemonProcess {
+        try await daemon(sims: platforms.map(\.sim))
+    }
+
+    /// A daemon configured with these platforms, polling and retrying quickly.
+    func daemon(sims: [PlatformSimProcess]) async throws -> DaemonProcess {
         let config = dir.appendingPathComponent("d.conf")
-        try (settings + platforms.map { $0.sim.configSection() }.joined()).write(to: config, atomically: true, encoding: .utf8)
+        let settings = "mirror_poll_ms = 300\nrelay_retry_max_ms = 2000\n"
+        try (settings + sims.map { $0.configSection() }.joined()).write(to: config, atomically: true, encoding: .utf8)
         return try await DaemonProcess(arguments: ["--config", config.path], directory: dir)
+    }
+
+    /// CreateRoom of a live room.
+    func create(_ client: RPCClient, on platform: String, title: String = "t", ingest: Ingest = .unspecified,
+                simulcast: [String] = []) async throws -> CreateRoomResponse {
+        var create = CreateRoomRequest()
+        create.title = title
+        create.kind = .live
+        create.platformId = platform
+        create.ingest = ingest
+        create.simulcastPlatformIds = simulcast
+        return try await client.unary(RoomService.createRoom, create)
     }
 
     func destinations(_ client: RPCClient, _ room: String) async throws -> [Destination] {
@@ -187,12 +205,8 @@ final class RelayTests: XCTestCase {
         let d = try await daemon([alpha])
         defer { Task { try? await d.stop() } }
         let client = try await d.connect(.unix)
-        var create = CreateRoomRequest()
-        create.title = "t"
-        create.kind = .live
-        create.platformId = "self"
-        let createdRoom = try await client.unary(RoomService.createRoom, create)
-        let room = try XCTUnwrap(createdRoom.room)
+        let made = try await create(client, on: "self")
+        let room = try XCTUnwrap(made.room)
         func add(_ url: String, _ key: String, target: String = "") async -> RPCStatus? {
             var r = AddDestinationRequest()
             r.roomId = room.roomId
@@ -322,17 +336,10 @@ final class RelayTests: XCTestCase {
         }
         defer { server.cancel() }
         let sim = try await PlatformSimProcess(name: "gamma", directory: dir, extra: ["--live-http-flv", "http://127.0.0.1:\(port)/live.flv"])
-        let config = dir.appendingPathComponent("d.conf")
-        try ("mirror_poll_ms = 300\nrelay_retry_max_ms = 2000\n" + sim.configSection()).write(to: config, atomically: true, encoding: .utf8)
-        let d = try await DaemonProcess(arguments: ["--config", config.path], directory: dir)
+        let d = try await daemon(sims: [sim])
         defer { Task { try? await d.stop() } }
         let client = try await d.connect(.unix)
-        var create = CreateRoomRequest()
-        create.title = "HTTP-FLV"
-        create.kind = .live
-        create.platformId = "gamma"
-        create.ingest = .direct
-        let made = try await client.unary(RoomService.createRoom, create)
+        let made = try await create(client, on: "gamma", title: "HTTP-FLV", ingest: .direct)
         let room = try XCTUnwrap(made.room)
         var watch = WatchRequest()
         watch.roomId = room.roomId

@@ -273,7 +273,7 @@ struct RTMPStatus: CustomStringConvertible {
     var text: String
 
     init?(_ message: RTMPMessage) {
-        guard message.type == .commandAMF0 || message.type == .commandAMF3, let values = try? RTMPClientMessages.values(message),
+        guard message.type == .commandAMF0 || message.type == .commandAMF3, let values = try? message.commandValues(),
             values.first?.stringValue == "onStatus", let info = values.dropFirst(3).first
         else { return nil }
         level = info["level"]?.stringValue ?? ""
@@ -336,7 +336,7 @@ struct Conversation {
         guard expectAnswer else { return .none }
         return try await within(name) {
             while let message = try await it.next() {
-                if message.type == .commandAMF0 || message.type == .commandAMF3, let values = try? RTMPClientMessages.values(message),
+                if message.type == .commandAMF0 || message.type == .commandAMF3, let values = try? message.commandValues(),
                     let kind = values.first?.stringValue, kind == "_result" || kind == "_error",
                     values.count > 1, values[1].numberValue == txn
                 {
@@ -417,12 +417,6 @@ public enum RTMPClientMessages {
                     payload: AMF0.encode(values, allocator: allocator))
     }
 
-    static func values(_ message: RTMPMessage) throws -> [AMF0] {
-        var payload = message.payload
-        if message.type == .commandAMF3 { payload.moveReaderIndex(forwardBy: min(1, payload.readableBytes)) }
-        return try AMF0.decodeAll(payload)
-    }
-
     /// An FLV tag as the RTMP message that carries it; metadata becomes `@setDataFrame`.
     public static func media(_ tag: FLVTag, streamId: UInt32) -> RTMPMessage {
         switch tag.type {
@@ -472,7 +466,7 @@ extension RTMPClient {
         while let next = try? decoder.next(&b) {
             guard let message = next else { continue }
             if RTMPStatus(message) != nil { understood += 1 }
-            if let values = try? RTMPClientMessages.values(message), values.first?.stringValue == "_result" { understood += 1 }
+            if let values = try? message.commandValues(), values.first?.stringValue == "_result" { understood += 1 }
             let parts = message.type == .aggregate ? (try? RTMPSession.split(aggregate: message)) ?? [] : [message]
             for part in parts {
                 guard let tag = muxer.tag(for: part) else { continue }

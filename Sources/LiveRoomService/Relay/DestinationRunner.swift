@@ -173,8 +173,6 @@ final class DestinationRunner: Sendable {
             case .refused(let why): return .refused("\(server) refused the stream: \(why)")
             case .failed(let why): return .failed("\(server): \(why)")
             }
-        } catch let e as RTMPError {
-            return .refused("the room's media cannot be relayed over RTMP: \(e.description) (only FLV, as RTMP and liveroomctl publish make, can be)")
         } catch {
             return .failed("\(server): \(error)")
         }

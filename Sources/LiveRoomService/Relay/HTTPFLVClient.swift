@@ -48,7 +48,7 @@ enum HTTPFLVClient {
                     channel.eventLoop.makeCompletedFuture {
                         let sync = channel.pipeline.syncOperations
                         try sync.addHandler(IdleStateHandler(readTimeout: configuration.readTimeout))
-                        try sync.addHandler(CloseOnReadIdle())
+                        try sync.addHandler(CloseOnIdleHandler())
                         try sync.addHTTPClientHandlers()
                         return try Connection(wrappingChannelSynchronously: channel)
                     }
@@ -95,18 +95,6 @@ enum HTTPFLVClient {
         } catch {
             if Task.isCancelled { return }
             throw RTMPClientError.failed("\(url): \(error)")
-        }
-    }
-}
-
-/// Closes a connection whose peer went quiet.
-private final class CloseOnReadIdle: ChannelInboundHandler {
-    typealias InboundIn = NIOAny
-    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if let idle = event as? IdleStateHandler.IdleStateEvent, idle == .read {
-            context.close(promise: nil)
-        } else {
-            context.fireUserInboundEventTriggered(event)
         }
     }
 }

@@ -98,20 +98,20 @@ actor MirrorSupervisor {
         let session = try await room.beginMirror(publisherId: "mirror:\(play.map { "\($0.server)" } ?? "http-flv")")
         var muxer = FLVMuxer()
         var bundler = TagBundler()
+        /// Muxed exactly as our RTMP ingest muxes a publisher's messages.
+        func take(_ message: RTMPMessage) async throws {
+            guard let tag = muxer.tag(for: message) else { return }
+            for c in bundler.add(tag) { try await room.publish(c, session: session) }
+        }
         var ending = "the platform's live ended"
         do {
             try await room.publish(muxer.fileHeader(), session: session)
             if let (server, stream) = play {
-                try await RTMPClient.play(from: server, stream: stream, configuration: client) { message in
-                    guard let tag = muxer.tag(for: message) else { return }
-                    for c in bundler.add(tag) { try await room.publish(c, session: session) }
-                }
+                try await RTMPClient.play(from: server, stream: stream, configuration: client) { try await take($0) }
             } else {
-                // HTTP-FLV tags are the same messages RTMP would carry: muxed the same way.
+                // HTTP-FLV tags are the same messages RTMP would carry.
                 try await HTTPFLVClient.pull(url, configuration: client) { flv in
-                    let message = RTMPMessage(chunkStreamId: 0, type: RTMPMessageType(rawValue: flv.type), timestamp: flv.timestamp, payload: flv.data)
-                    guard let tag = muxer.tag(for: message) else { return }
-                    for c in bundler.add(tag) { try await room.publish(c, session: session) }
+                    try await take(RTMPMessage(chunkStreamId: 0, type: RTMPMessageType(rawValue: flv.type), timestamp: flv.timestamp, payload: flv.data))
                 }
             }
             for c in bundler.flush() { try await room.publish(c, session: session) }
