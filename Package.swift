@@ -1,4 +1,4 @@
-// swift-tools-version:6.0
+// swift-tools-version:6.1
 import PackageDescription
 
 let package = Package(
@@ -22,6 +22,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.0"),
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.5.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.0.0"),
+        // HTTP: playback (HTTP-FLV, fMP4, LL-HLS), the web player. No swift-configuration: our config is ours.
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1", traits: []),
     ],
     targets: [
         // libprotobuf-c, the system library (Debian: libprotobuf-c-dev).
@@ -68,9 +70,17 @@ let package = Package(
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // Remuxing for players: FLV and MPEG-TS into fragmented MP4, LL-HLS segments and parts.
+        // Knows no rooms and no sockets.
+        .target(name: "LiveRoomPlayback", dependencies: [
+            "LiveRoomRTMP",
+            .product(name: "NIOCore", package: "swift-nio"),
+        ]),
         // The daemon's services wired onto the RPC server.
         .target(name: "LiveRoomService", dependencies: [
-            "LiveRoomRPC", "LiveRoomMessages", "LiveRoomDomain", "LiveRoomStore", "LiveRoomRTMP",
+            "LiveRoomRPC", "LiveRoomMessages", "LiveRoomDomain", "LiveRoomStore", "LiveRoomRTMP", "LiveRoomPlayback",
+            .product(name: "Hummingbird", package: "hummingbird"),
+            .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "CoreMetrics", package: "swift-metrics"),
             .product(name: "Prometheus", package: "swift-prometheus"),
@@ -130,6 +140,7 @@ let package = Package(
             "LiveRoomRTMP", "LiveRoomTesting",
             .product(name: "NIOEmbedded", package: "swift-nio"),
         ]),
+        .testTarget(name: "LiveRoomPlaybackTests", dependencies: ["LiveRoomPlayback", "LiveRoomRTMP"]),
         .testTarget(name: "LiveRoomServiceTests", dependencies: ["LiveRoomService", "LiveRoomRTMP", "LiveRoomMessages"]),
         .testTarget(name: "LiveRoomStoreTests", dependencies: [
             "LiveRoomStore", "LiveRoomDomain", .product(name: "GRDB", package: "GRDB.swift"),

@@ -40,6 +40,8 @@ static const ProtobufCMessageDescriptor *const messages[] = {
   &liveroom__v1__publish_start__descriptor,
   &liveroom__v1__stream_data_request__descriptor,
   &liveroom__v1__stream_data_response__descriptor,
+  &liveroom__v1__issue_viewer_token_request__descriptor,
+  &liveroom__v1__issue_viewer_token_response__descriptor,
   &liveroom__v1__watch_request__descriptor,
   &liveroom__v1__stream_event__descriptor,
   &liveroom__v1__watch_response__descriptor,

@@ -34,10 +34,12 @@ final class LaneBacklog: Sendable {
 /// A viewer's call on a room.
 struct Watcher {
     let viewerId: String
-    let queue: ViewerQueue
-    let lane: any ViewerLane
+    /// The room's media for this viewer; nil for a viewer fed from elsewhere (see `enter`).
+    let feed: (queue: ViewerQueue, lane: any ViewerLane)?
     /// Viewers count in the statistics; outputs (relays to platforms) do not.
     var counted = true
+    /// Told when the room ends a viewer that has no queue to tell.
+    var onEnd: (@Sendable () -> Void)? = nil
 }
 
 /// The viewers one lane feeds; `members` is kept as an array so that handing it to the lane
@@ -245,25 +247,48 @@ extension RoomActor {
         guard record.status != .ended else {
             throw RoomError(.failedPrecondition, "room \(id) has ended")
         }
-        guard !viewerId.isEmpty else { throw RoomError(.invalidArgument, "viewer_id is required") }
-        // Bounded so that a page of viewers always fits in an answer (see `viewerPage`).
-        for (field, value, limit) in [("viewer_id", viewerId, 128), ("name", name, 128), ("phone", phone, 32)] where value.utf8.count > limit {
-            throw RoomError(.invalidArgument, "\(field) is \(value.utf8.count) bytes; at most \(limit)")
-        }
+        try Self.checkViewer(viewerId: viewerId, name: name, phone: phone)
         try await loadStats()
         // Checked again after the suspension: the room may have closed meanwhile, and a viewer
         // added to a closed room would never be told.
         guard record.status != .ended else {
             throw RoomError(.failedPrecondition, "room \(id) has ended")
         }
-        let now = clock.nowMs()
         let queue = ViewerQueue(limits: media.viewerQueue, droppedChunks: metrics.chunksDropped, onDrop: onDrop)
-        for c in header + gop { queue.offer(c, nowMs: now) }
+        for c in header + gop { queue.offer(c, nowMs: clock.nowMs()) }
         let token = nextWatcher
         nextWatcher += 1
-        watchers[token] = Watcher(viewerId: viewerId, queue: queue, lane: lane)
+        watchers[token] = Watcher(viewerId: viewerId, feed: (queue, lane))
         lanes[ObjectIdentifier(lane), default: LaneGroup(lane: lane)].add(token, queue)
+        countIn(viewerId: viewerId, name: name, phone: phone)
+        return (token, queue)
+    }
 
+    /// Counts a viewer whose media does not come from the room's queue (HTTP players fed by
+    /// a packager of the room's stream): online from now until `leave`, like a Watch viewer.
+    /// `onEnd` is called if the room ends the viewer (it closed).
+    public func enter(viewerId: String, name: String, phone: String, onEnd: @escaping @Sendable () -> Void) async throws -> Int {
+        try Self.checkViewer(viewerId: viewerId, name: name, phone: phone)
+        guard record.status != .ended else { throw RoomError(.failedPrecondition, "room \(id) has ended") }
+        try await loadStats()
+        guard record.status != .ended else { throw RoomError(.failedPrecondition, "room \(id) has ended") }
+        let token = nextWatcher
+        nextWatcher += 1
+        watchers[token] = Watcher(viewerId: viewerId, feed: nil, onEnd: onEnd)
+        countIn(viewerId: viewerId, name: name, phone: phone)
+        return token
+    }
+
+    static func checkViewer(viewerId: String, name: String, phone: String) throws {
+        guard !viewerId.isEmpty else { throw RoomError(.invalidArgument, "viewer_id is required") }
+        // Bounded so that a page of viewers always fits in an answer (see `viewerPage`).
+        for (field, value, limit) in [("viewer_id", viewerId, 128), ("name", name, 128), ("phone", phone, 32)] where value.utf8.count > limit {
+            throw RoomError(.invalidArgument, "\(field) is \(value.utf8.count) bytes; at most \(limit)")
+        }
+    }
+
+    private func countIn(viewerId: String, name: String, phone: String) {
+        let now = clock.nowMs()
         connections[viewerId, default: 0] += 1
         if connections[viewerId] == 1 { metrics.viewersOnline.increment() }
         var v = viewers[viewerId] ?? ViewerRecord(viewerId: viewerId, name: name, phone: phone, online: false, firstEntryMs: now,
@@ -282,7 +307,6 @@ extension RoomActor {
             peakConcurrent = online
             peakDirty = true
         }
-        return (token, queue)
     }
 
     /// Adds an output (a relay to a platform): it gets what a viewer gets, the stream header and
@@ -296,7 +320,7 @@ extension RoomActor {
         for c in header + gop { queue.offer(c, nowMs: now) }
         let token = nextWatcher
         nextWatcher += 1
-        watchers[token] = Watcher(viewerId: "", queue: queue, lane: lane, counted: false)
+        watchers[token] = Watcher(viewerId: "", feed: (queue, lane), counted: false)
         lanes[ObjectIdentifier(lane), default: LaneGroup(lane: lane)].add(token, queue)
         return (token, queue)
     }
@@ -307,12 +331,14 @@ extension RoomActor {
     /// Removes a viewer's call; the viewer goes offline when their last call ends.
     public func leave(_ token: Int) {
         guard let w = watchers.removeValue(forKey: token) else { return }
-        let key = ObjectIdentifier(w.lane)
-        lanes[key]?.remove(token)
-        if lanes[key]?.members.isEmpty == true { lanes[key] = nil }
-        // Through the lane, so that what was handed to it earlier (a closing event) comes first.
-        let queue = w.queue
-        w.lane.run { queue.finish(nil) }
+        if let (queue, lane) = w.feed {
+            let key = ObjectIdentifier(lane)
+            lanes[key]?.remove(token)
+            if lanes[key]?.members.isEmpty == true { lanes[key] = nil }
+            // Through the lane, so that what was handed to it earlier (a closing event) comes first.
+            lane.run { queue.finish(nil) }
+        }
+        w.onEnd?()
         guard w.counted else { return }
         let left = (connections[w.viewerId] ?? 1) - 1
         connections[w.viewerId] = left > 0 ? left : nil

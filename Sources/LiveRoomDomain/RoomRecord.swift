@@ -24,11 +24,15 @@ public struct RoomRecord: Sendable, Equatable {
     /// direct ingest these equal `pushServer` and `streamKey`.
     public var platformPushServer: String
     public var platformStreamKey: String
+    /// Anyone may play the room over HTTP; otherwise a viewer token is needed.
+    public var publicPlayback: Bool
 
     public init(id: String, requestId: String, title: String, kind: RoomKind, platformId: String, playMode: PlayMode,
                 ownerId: String, pushServer: String, streamKey: String, keyExpiresAtMs: Int64, playURL: String,
                 platformRoomId: String, status: RoomStatus, createdAtMs: Int64, updatedAtMs: Int64,
-                ingest: Ingest = .unspecified, platformPushServer: String = "", platformStreamKey: String = "") {
+                ingest: Ingest = .unspecified, platformPushServer: String = "", platformStreamKey: String = "",
+                publicPlayback: Bool = false) {
+        self.publicPlayback = publicPlayback
         self.ingest = ingest
         self.platformPushServer = platformPushServer
         self.platformStreamKey = platformStreamKey
@@ -76,6 +80,7 @@ public struct RoomRecord: Sendable, Equatable {
         r.platformRoomId = platformRoomId
         r.requestId = requestId
         r.ingest = ingest
+        r.publicPlayback = publicPlayback
         return r
     }
 }

@@ -110,7 +110,7 @@ public actor RoomRegistry {
             id: id, requestId: request.requestId, title: request.title, kind: request.kind, platformId: platform.id,
             playMode: request.playMode, ownerId: request.ownerId, pushServer: builtin.pushServer, streamKey: StreamKey.generate(),
             keyExpiresAtMs: now + platform.keyTTLMs, playURL: builtin.playURLBase + id, platformRoomId: "",
-            status: .notStarted, createdAtMs: now, updatedAtMs: now)
+            status: .notStarted, createdAtMs: now, updatedAtMs: now, publicPlayback: request.publicPlayback)
         let connector = connectors[platform.id]
         if !platform.isBuiltin {
             guard let connector else { throw RoomError(.unavailable, "platform \(platform.id) has no connector configured") }
@@ -192,6 +192,8 @@ public actor RoomRegistry {
 
     /// Where broadcasters push for rooms created from now on (set once the RTMP listener is bound).
     public func setPushServer(_ url: String) { builtin.pushServer = url }
+    /// Where embedded rooms are played: the HTTP listener's player, once it is bound.
+    public func setPlayURLBase(_ url: String) { builtin.playURLBase = url }
 
     /// The room whose current stream key this is, for publishers that present only a key (RTMP).
     public func room(forStreamKey key: String) async throws -> RoomActor? {

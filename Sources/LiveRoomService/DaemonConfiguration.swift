@@ -28,6 +28,14 @@ public struct DaemonConfiguration: Sendable, Equatable {
     public var rtmp: String? = "127.0.0.1:1935"
     /// Prometheus metrics over HTTP at HOST:PORT (`GET /metrics`); nil turns them off.
     public var metrics: String?
+    /// The HTTP listener for players (HTTP-FLV, fMP4, LL-HLS, the web player); nil turns it off.
+    public var http: String? = "127.0.0.1:8080"
+    /// The base URL players reach the HTTP listener at (behind a proxy or CDN); nil: the
+    /// listener's own address.
+    public var httpPublicURL: String?
+    /// LL-HLS: segments start at a keyframe once this long; parts are at most this long.
+    public var hlsSegmentMs = 2000
+    public var hlsPartMs = 500
     /// The RTMP application name publishers use (`rtmp://HOST:PORT/APP/STREAM_KEY`).
     public var rtmpApp = "live"
     /// Key lifetime on the built-in platform.
@@ -139,6 +147,15 @@ public struct DaemonConfiguration: Sendable, Equatable {
                 do { rtmp = try Self.listener(value) } catch { throw fail("rtmp: \(error)") }
             case "metrics":
                 do { metrics = try Self.listener(value) } catch { throw fail("metrics: \(error)") }
+            case "http":
+                do { http = try Self.listener(value) } catch { throw fail("http: \(error)") }
+            case "http_public_url":
+                guard value.hasPrefix("http://") || value.hasPrefix("https://") else {
+                    throw fail("http_public_url must be an http:// or https:// URL, got \"\(value)\"")
+                }
+                httpPublicURL = value.hasSuffix("/") ? String(value.dropLast()) : value
+            case "hls_segment_ms": hlsSegmentMs = try int(500...30_000)
+            case "hls_part_ms": hlsPartMs = try int(100...5000)
             case "rtmp_app":
                 guard !value.isEmpty, value.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" }) else {
                     throw fail("rtmp_app may use letters, digits, - and _ only, got \"\(value)\"")
@@ -194,7 +211,7 @@ public struct DaemonConfiguration: Sendable, Equatable {
                 problems.append("data_dir: \(dataDir) is a file, not a directory")
             }
         }
-        for (name, address) in [("tcp", tcp), ("rtmp", rtmp), ("metrics", metrics)] {
+        for (name, address) in [("tcp", tcp), ("rtmp", rtmp), ("metrics", metrics), ("http", http)] {
             guard let address, case .tcp(let host, _)? = try? Endpoint.parseTCP(address) else { continue }
             do {
                 let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton).bind(host: host, port: 0).get()

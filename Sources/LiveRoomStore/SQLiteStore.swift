@@ -228,6 +228,9 @@ public final class SQLiteStore: RoomStore, ViewerStore, AudienceStore, Destinati
                 CREATE UNIQUE INDEX destinations_one_link ON destinations(room_id, target_room_id) WHERE target_room_id != '';
                 """)
         }
+        m.registerMigration("v9: rooms anyone may play over HTTP") { db in
+            try db.execute(sql: "ALTER TABLE rooms ADD COLUMN public_playback INTEGER NOT NULL DEFAULT 0")
+        }
         return m
     }
 
@@ -435,10 +438,12 @@ public final class SQLiteStore: RoomStore, ViewerStore, AudienceStore, Destinati
         let digest = keyDigest(room.streamKey)
         try await write("create room \(room.id)") { db in
             try db.execute(sql: """
-                INSERT INTO rooms (id, request_id, title, kind, platform_id, play_mode, owner_id, play_url, status, created_at_ms, updated_at_ms, ingest)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                INSERT INTO rooms (id, request_id, title, kind, platform_id, play_mode, owner_id, play_url, status, created_at_ms, updated_at_ms,
+                                   ingest, public_playback)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 """, arguments: [room.id, room.requestId, room.title, room.kind.rawValue, room.platformId, room.playMode.rawValue,
-                                 room.ownerId, room.playURL, room.status.rawValue, room.createdAtMs, room.updatedAtMs, room.ingest.rawValue])
+                                 room.ownerId, room.playURL, room.status.rawValue, room.createdAtMs, room.updatedAtMs, room.ingest.rawValue,
+                                 room.publicPlayback])
             try db.execute(sql: """
                 INSERT INTO platform_rooms (room_id, platform_id, platform_room_id, push_server, platform_push_server, platform_key_box)
                 VALUES (?, ?, ?, ?, ?, ?)
@@ -546,7 +551,8 @@ public final class SQLiteStore: RoomStore, ViewerStore, AudienceStore, Destinati
                 playURL: row["play_url"], platformRoomId: row["platform_room_id"], status: RoomStatus(rawValue: row["status"]),
                 createdAtMs: row["created_at_ms"], updatedAtMs: row["updated_at_ms"], ingest: Ingest(rawValue: row["ingest"]),
                 platformPushServer: row["platform_push_server"],
-                platformStreamKey: try (row["platform_key_box"] as Data?).map { try open($0, room: "\(id)#platform") } ?? "")
+                platformStreamKey: try (row["platform_key_box"] as Data?).map { try open($0, room: "\(id)#platform") } ?? "",
+                publicPlayback: row["public_playback"])
         }
     }
 
@@ -655,7 +661,12 @@ public final class SQLiteStore: RoomStore, ViewerStore, AudienceStore, Destinati
     }
 
     static func loadOrCreateMasterKey(_ directory: String) throws -> Data {
-        let path = (directory as NSString).appendingPathComponent("master.key")
+        try loadOrCreateKey(directory, name: "master.key")
+    }
+
+    /// A 32-byte secret kept in `directory/name` (mode 0600), made on first use.
+    public static func loadOrCreateKey(_ directory: String, name: String) throws -> Data {
+        let path = (directory as NSString).appendingPathComponent(name)
         if let data = FileManager.default.contents(atPath: path) {
             guard data.count == 32 else { throw RoomError(.internal, "\(path) must hold 32 bytes; it holds \(data.count)") }
             return data

@@ -48,6 +48,7 @@ final class FuzzedDaemon: Sendable {
         configuration.tcp = "127.0.0.1:0"
         configuration.tcpToken = tcpToken
         configuration.rtmp = nil
+        configuration.http = nil
         configuration.enableTestService = true
         configuration.maxFrameSize = 64 * 1024
         configuration.logLevel = .critical

@@ -28,6 +28,9 @@ struct LiveRoomd: AsyncParsableCommand {
     @Option(help: "RTMP listener for encoders (OBS, ffmpeg) at HOST:PORT, or \"off\". Default 127.0.0.1:1935.")
     var rtmp: String?
 
+    @Option(help: "HTTP listener for players (HTTP-FLV, MP4, LL-HLS, the web player) at HOST:PORT, or \"off\". Default 127.0.0.1:8080.")
+    var http: String?
+
     @Option(help: "Serve Prometheus metrics over HTTP at HOST:PORT (GET /metrics). Off by default.")
     var metrics: String?
 
@@ -66,6 +69,7 @@ struct LiveRoomd: AsyncParsableCommand {
         if let socket { settings.socketPath = socket }
         if let metrics { settings.metrics = try Self.listener(metrics, flag: "metrics") }
         if let rtmp { settings.rtmp = try Self.listener(rtmp, flag: "rtmp") }
+        if let http { settings.http = try Self.listener(http, flag: "http") }
         if let tcp { settings.tcp = try Self.listener(tcp, flag: "tcp", offAllowed: false) }
         if let dataDir { settings.dataDir = dataDir }
         if let token = tcpToken ?? ProcessInfo.processInfo.environment["LIVEROOM_TCP_TOKEN"] { settings.tcpToken = token }

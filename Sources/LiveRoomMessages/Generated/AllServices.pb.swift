@@ -57,6 +57,8 @@ public enum AllMessages {
         PublishStart.self,
         StreamDataRequest.self,
         StreamDataResponse.self,
+        IssueViewerTokenRequest.self,
+        IssueViewerTokenResponse.self,
         WatchRequest.self,
         StreamEvent.self,
         WatchResponse.self,

@@ -182,6 +182,7 @@ public struct Room: ProtoMessage {
     public var requestId: String = ""
     public var ingest: Ingest = Ingest(rawValue: 0)
     public var destinations: [Destination] = []
+    public var publicPlayback: Bool = false
 
     public static let protoDescriptor = LiveRoomDescriptors.message("liveroom.v1.Room")
 
@@ -206,6 +207,7 @@ public struct Room: ProtoMessage {
         self.requestId = try r.string(15)
         self.ingest = Ingest(rawValue: r.int32(16))
         self.destinations = try r.repeatedMessage(17, as: Destination.self)
+        self.publicPlayback = r.bool(18)
     }
 
     public func write(to w: inout ProtoWriter) throws {
@@ -227,6 +229,7 @@ public struct Room: ProtoMessage {
         if !requestId.isEmpty { try w.string(15, requestId) }
         if ingest.rawValue != 0 { w.int32(16, ingest.rawValue) }
         try w.repeatedMessage(17, destinations)
+        if publicPlayback { w.bool(18, publicPlayback) }
     }
 }
 

@@ -98,6 +98,67 @@ public struct StreamDataResponse: ProtoMessage {
     }
 }
 
+/// `liveroom.v1.IssueViewerTokenRequest`
+public struct IssueViewerTokenRequest: ProtoMessage {
+    public var roomId: String = ""
+    public var viewerId: String = ""
+    public var name: String = ""
+    public var phone: String = ""
+    public var ttlSeconds: Int64 = 0
+
+    public static let protoDescriptor = LiveRoomDescriptors.message("liveroom.v1.IssueViewerTokenRequest")
+
+    public init() {}
+
+    public init(reader r: ProtoReader) throws {
+        self.roomId = try r.string(0)
+        self.viewerId = try r.string(1)
+        self.name = try r.string(2)
+        self.phone = try r.string(3)
+        self.ttlSeconds = r.int64(4)
+    }
+
+    public func write(to w: inout ProtoWriter) throws {
+        if !roomId.isEmpty { try w.string(0, roomId) }
+        if !viewerId.isEmpty { try w.string(1, viewerId) }
+        if !name.isEmpty { try w.string(2, name) }
+        if !phone.isEmpty { try w.string(3, phone) }
+        if ttlSeconds != 0 { w.int64(4, ttlSeconds) }
+    }
+}
+
+/// `liveroom.v1.IssueViewerTokenResponse`
+public struct IssueViewerTokenResponse: ProtoMessage {
+    public var token: String = ""
+    public var expiresAtMs: Int64 = 0
+    public var playUrl: String = ""
+    public var flvUrl: String = ""
+    public var mp4Url: String = ""
+    public var hlsUrl: String = ""
+
+    public static let protoDescriptor = LiveRoomDescriptors.message("liveroom.v1.IssueViewerTokenResponse")
+
+    public init() {}
+
+    public init(reader r: ProtoReader) throws {
+        self.token = try r.string(0)
+        self.expiresAtMs = r.int64(1)
+        self.playUrl = try r.string(2)
+        self.flvUrl = try r.string(3)
+        self.mp4Url = try r.string(4)
+        self.hlsUrl = try r.string(5)
+    }
+
+    public func write(to w: inout ProtoWriter) throws {
+        if !token.isEmpty { try w.string(0, token) }
+        if expiresAtMs != 0 { w.int64(1, expiresAtMs) }
+        if !playUrl.isEmpty { try w.string(2, playUrl) }
+        if !flvUrl.isEmpty { try w.string(3, flvUrl) }
+        if !mp4Url.isEmpty { try w.string(4, mp4Url) }
+        if !hlsUrl.isEmpty { try w.string(5, hlsUrl) }
+    }
+}
+
 /// `liveroom.v1.WatchRequest`
 public struct WatchRequest: ProtoMessage {
     public var roomId: String = ""
@@ -185,6 +246,8 @@ public enum MediaService {
         MethodInfo(service: name, name: "StreamData", kind: .clientStreaming, inputType: "liveroom.v1.StreamDataRequest", outputType: "liveroom.v1.StreamDataResponse"))
     public static let watch = ProtoMethod<WatchRequest, WatchResponse>(
         MethodInfo(service: name, name: "Watch", kind: .serverStreaming, inputType: "liveroom.v1.WatchRequest", outputType: "liveroom.v1.WatchResponse"))
+    public static let issueViewerToken = ProtoMethod<IssueViewerTokenRequest, IssueViewerTokenResponse>(
+        MethodInfo(service: name, name: "IssueViewerToken", kind: .unary, inputType: "liveroom.v1.IssueViewerTokenRequest", outputType: "liveroom.v1.IssueViewerTokenResponse"))
 
-    public static let methods: [MethodInfo] = [streamData.info, watch.info]
+    public static let methods: [MethodInfo] = [streamData.info, watch.info, issueViewerToken.info]
 }

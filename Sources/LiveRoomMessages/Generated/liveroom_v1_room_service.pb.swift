@@ -14,6 +14,7 @@ public struct CreateRoomRequest: ProtoMessage {
     public var requestId: String = ""
     public var ingest: Ingest = Ingest(rawValue: 0)
     public var simulcastPlatformIds: [String] = []
+    public var publicPlayback: Bool = false
 
     public static let protoDescriptor = LiveRoomDescriptors.message("liveroom.v1.CreateRoomRequest")
 
@@ -28,6 +29,7 @@ public struct CreateRoomRequest: ProtoMessage {
         self.requestId = try r.string(5)
         self.ingest = Ingest(rawValue: r.int32(6))
         self.simulcastPlatformIds = try r.repeatedString(7)
+        self.publicPlayback = r.bool(8)
     }
 
     public func write(to w: inout ProtoWriter) throws {
@@ -39,6 +41,7 @@ public struct CreateRoomRequest: ProtoMessage {
         if !requestId.isEmpty { try w.string(5, requestId) }
         if ingest.rawValue != 0 { w.int32(6, ingest.rawValue) }
         try w.repeatedString(7, simulcastPlatformIds)
+        if publicPlayback { w.bool(8, publicPlayback) }
     }
 }
 

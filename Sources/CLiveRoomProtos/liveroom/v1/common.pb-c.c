@@ -490,7 +490,7 @@ const ProtobufCMessageDescriptor liveroom__v1__money__descriptor =
   (ProtobufCMessageInit) liveroom__v1__money__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor liveroom__v1__room__field_descriptors[18] =
+static const ProtobufCFieldDescriptor liveroom__v1__room__field_descriptors[19] =
 {
   {
     "room_id",
@@ -708,6 +708,18 @@ static const ProtobufCFieldDescriptor liveroom__v1__room__field_descriptors[18] 
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "public_playback",
+    19,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Liveroom__V1__Room, public_playback),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned liveroom__v1__room__field_indices_by_name[] = {
   12,   /* field[12] = created_at_ms */
@@ -721,6 +733,7 @@ static const unsigned liveroom__v1__room__field_indices_by_name[] = {
   14,   /* field[14] = platform_room_id */
   4,   /* field[4] = play_mode */
   8,   /* field[8] = play_url */
+  18,   /* field[18] = public_playback */
   6,   /* field[6] = push_server */
   15,   /* field[15] = request_id */
   0,   /* field[0] = room_id */
@@ -732,7 +745,7 @@ static const unsigned liveroom__v1__room__field_indices_by_name[] = {
 static const ProtobufCIntRange liveroom__v1__room__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 18 }
+  { 0, 19 }
 };
 const ProtobufCMessageDescriptor liveroom__v1__room__descriptor =
 {
@@ -742,7 +755,7 @@ const ProtobufCMessageDescriptor liveroom__v1__room__descriptor =
   "Liveroom__V1__Room",
   "liveroom.v1",
   sizeof(Liveroom__V1__Room),
-  18,
+  19,
   liveroom__v1__room__field_descriptors,
   liveroom__v1__room__field_indices_by_name,
   1,  liveroom__v1__room__number_ranges,

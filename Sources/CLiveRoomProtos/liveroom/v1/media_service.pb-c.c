@@ -142,6 +142,96 @@ void   liveroom__v1__stream_data_response__free_unpacked
   assert(message->base.descriptor == &liveroom__v1__stream_data_response__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   liveroom__v1__issue_viewer_token_request__init
+                     (Liveroom__V1__IssueViewerTokenRequest         *message)
+{
+  static const Liveroom__V1__IssueViewerTokenRequest init_value = LIVEROOM__V1__ISSUE_VIEWER_TOKEN_REQUEST__INIT;
+  *message = init_value;
+}
+size_t liveroom__v1__issue_viewer_token_request__get_packed_size
+                     (const Liveroom__V1__IssueViewerTokenRequest *message)
+{
+  assert(message->base.descriptor == &liveroom__v1__issue_viewer_token_request__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t liveroom__v1__issue_viewer_token_request__pack
+                     (const Liveroom__V1__IssueViewerTokenRequest *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &liveroom__v1__issue_viewer_token_request__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t liveroom__v1__issue_viewer_token_request__pack_to_buffer
+                     (const Liveroom__V1__IssueViewerTokenRequest *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &liveroom__v1__issue_viewer_token_request__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Liveroom__V1__IssueViewerTokenRequest *
+       liveroom__v1__issue_viewer_token_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Liveroom__V1__IssueViewerTokenRequest *)
+     protobuf_c_message_unpack (&liveroom__v1__issue_viewer_token_request__descriptor,
+                                allocator, len, data);
+}
+void   liveroom__v1__issue_viewer_token_request__free_unpacked
+                     (Liveroom__V1__IssueViewerTokenRequest *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &liveroom__v1__issue_viewer_token_request__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   liveroom__v1__issue_viewer_token_response__init
+                     (Liveroom__V1__IssueViewerTokenResponse         *message)
+{
+  static const Liveroom__V1__IssueViewerTokenResponse init_value = LIVEROOM__V1__ISSUE_VIEWER_TOKEN_RESPONSE__INIT;
+  *message = init_value;
+}
+size_t liveroom__v1__issue_viewer_token_response__get_packed_size
+                     (const Liveroom__V1__IssueViewerTokenResponse *message)
+{
+  assert(message->base.descriptor == &liveroom__v1__issue_viewer_token_response__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t liveroom__v1__issue_viewer_token_response__pack
+                     (const Liveroom__V1__IssueViewerTokenResponse *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &liveroom__v1__issue_viewer_token_response__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t liveroom__v1__issue_viewer_token_response__pack_to_buffer
+                     (const Liveroom__V1__IssueViewerTokenResponse *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &liveroom__v1__issue_viewer_token_response__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Liveroom__V1__IssueViewerTokenResponse *
+       liveroom__v1__issue_viewer_token_response__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Liveroom__V1__IssueViewerTokenResponse *)
+     protobuf_c_message_unpack (&liveroom__v1__issue_viewer_token_response__descriptor,
+                                allocator, len, data);
+}
+void   liveroom__v1__issue_viewer_token_response__free_unpacked
+                     (Liveroom__V1__IssueViewerTokenResponse *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &liveroom__v1__issue_viewer_token_response__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 void   liveroom__v1__watch_request__init
                      (Liveroom__V1__WatchRequest         *message)
 {
@@ -469,6 +559,199 @@ const ProtobufCMessageDescriptor liveroom__v1__stream_data_response__descriptor 
   (ProtobufCMessageInit) liveroom__v1__stream_data_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
+static const ProtobufCFieldDescriptor liveroom__v1__issue_viewer_token_request__field_descriptors[5] =
+{
+  {
+    "room_id",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Liveroom__V1__IssueViewerTokenRequest, room_id),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "viewer_id",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Liveroom__V1__IssueViewerTokenRequest, viewer_id),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "name",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Liveroom__V1__IssueViewerTokenRequest, name),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "phone",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Liveroom__V1__IssueViewerTokenRequest, phone),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "ttl_seconds",
+    5,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_INT64,
+    0,   /* quantifier_offset */
+    offsetof(Liveroom__V1__IssueViewerTokenRequest, ttl_seconds),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned liveroom__v1__issue_viewer_token_request__field_indices_by_name[] = {
+  2,   /* field[2] = name */
+  3,   /* field[3] = phone */
+  0,   /* field[0] = room_id */
+  4,   /* field[4] = ttl_seconds */
+  1,   /* field[1] = viewer_id */
+};
+static const ProtobufCIntRange liveroom__v1__issue_viewer_token_request__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 5 }
+};
+const ProtobufCMessageDescriptor liveroom__v1__issue_viewer_token_request__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "liveroom.v1.IssueViewerTokenRequest",
+  "IssueViewerTokenRequest",
+  "Liveroom__V1__IssueViewerTokenRequest",
+  "liveroom.v1",
+  sizeof(Liveroom__V1__IssueViewerTokenRequest),
+  5,
+  liveroom__v1__issue_viewer_token_request__field_descriptors,
+  liveroom__v1__issue_viewer_token_request__field_indices_by_name,
+  1,  liveroom__v1__issue_viewer_token_request__number_ranges,
+  (ProtobufCMessageInit) liveroom__v1__issue_viewer_token_request__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor liveroom__v1__issue_viewer_token_response__field_descriptors[6] =
+{
+  {
+    "token",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Liveroom__V1__IssueViewerTokenResponse, token),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "expires_at_ms",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_INT64,
+    0,   /* quantifier_offset */
+    offsetof(Liveroom__V1__IssueViewerTokenResponse, expires_at_ms),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "play_url",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Liveroom__V1__IssueViewerTokenResponse, play_url),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "flv_url",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Liveroom__V1__IssueViewerTokenResponse, flv_url),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "mp4_url",
+    5,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Liveroom__V1__IssueViewerTokenResponse, mp4_url),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "hls_url",
+    6,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Liveroom__V1__IssueViewerTokenResponse, hls_url),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned liveroom__v1__issue_viewer_token_response__field_indices_by_name[] = {
+  1,   /* field[1] = expires_at_ms */
+  3,   /* field[3] = flv_url */
+  5,   /* field[5] = hls_url */
+  4,   /* field[4] = mp4_url */
+  2,   /* field[2] = play_url */
+  0,   /* field[0] = token */
+};
+static const ProtobufCIntRange liveroom__v1__issue_viewer_token_response__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 6 }
+};
+const ProtobufCMessageDescriptor liveroom__v1__issue_viewer_token_response__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "liveroom.v1.IssueViewerTokenResponse",
+  "IssueViewerTokenResponse",
+  "Liveroom__V1__IssueViewerTokenResponse",
+  "liveroom.v1",
+  sizeof(Liveroom__V1__IssueViewerTokenResponse),
+  6,
+  liveroom__v1__issue_viewer_token_response__field_descriptors,
+  liveroom__v1__issue_viewer_token_response__field_indices_by_name,
+  1,  liveroom__v1__issue_viewer_token_response__number_ranges,
+  (ProtobufCMessageInit) liveroom__v1__issue_viewer_token_response__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
 static const ProtobufCFieldDescriptor liveroom__v1__watch_request__field_descriptors[4] =
 {
   {
@@ -695,12 +978,14 @@ const ProtobufCEnumDescriptor liveroom__v1__stream_event_kind__descriptor =
   liveroom__v1__stream_event_kind__value_ranges,
   NULL,NULL,NULL,NULL   /* reserved[1234] */
 };
-static const ProtobufCMethodDescriptor liveroom__v1__media_service__method_descriptors[2] =
+static const ProtobufCMethodDescriptor liveroom__v1__media_service__method_descriptors[3] =
 {
   { "StreamData", &liveroom__v1__stream_data_request__descriptor, &liveroom__v1__stream_data_response__descriptor },
   { "Watch", &liveroom__v1__watch_request__descriptor, &liveroom__v1__watch_response__descriptor },
+  { "IssueViewerToken", &liveroom__v1__issue_viewer_token_request__descriptor, &liveroom__v1__issue_viewer_token_response__descriptor },
 };
 const unsigned liveroom__v1__media_service__method_indices_by_name[] = {
+  2,        /* IssueViewerToken */
   0,        /* StreamData */
   1         /* Watch */
 };
@@ -711,7 +996,7 @@ const ProtobufCServiceDescriptor liveroom__v1__media_service__descriptor =
   "MediaService",
   "Liveroom__V1__MediaService",
   "liveroom.v1",
-  2,
+  3,
   liveroom__v1__media_service__method_descriptors,
   liveroom__v1__media_service__method_indices_by_name
 };
@@ -730,6 +1015,14 @@ void liveroom__v1__media_service__watch(ProtobufCService *service,
 {
   assert(service->descriptor == &liveroom__v1__media_service__descriptor);
   service->invoke(service, 1, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+}
+void liveroom__v1__media_service__issue_viewer_token(ProtobufCService *service,
+                                                     const Liveroom__V1__IssueViewerTokenRequest *input,
+                                                     Liveroom__V1__IssueViewerTokenResponse_Closure closure,
+                                                     void *closure_data)
+{
+  assert(service->descriptor == &liveroom__v1__media_service__descriptor);
+  service->invoke(service, 2, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void liveroom__v1__media_service__init (Liveroom__V1__MediaService_Service *service,
                                         Liveroom__V1__MediaService_ServiceDestroy destroy)

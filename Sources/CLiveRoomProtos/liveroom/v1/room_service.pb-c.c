@@ -907,7 +907,7 @@ void   liveroom__v1__list_destinations_response__free_unpacked
   assert(message->base.descriptor == &liveroom__v1__list_destinations_response__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
-static const ProtobufCFieldDescriptor liveroom__v1__create_room_request__field_descriptors[8] =
+static const ProtobufCFieldDescriptor liveroom__v1__create_room_request__field_descriptors[9] =
 {
   {
     "title",
@@ -1005,6 +1005,18 @@ static const ProtobufCFieldDescriptor liveroom__v1__create_room_request__field_d
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "public_playback",
+    9,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Liveroom__V1__CreateRoomRequest, public_playback),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned liveroom__v1__create_room_request__field_indices_by_name[] = {
   6,   /* field[6] = ingest */
@@ -1012,6 +1024,7 @@ static const unsigned liveroom__v1__create_room_request__field_indices_by_name[]
   4,   /* field[4] = owner_id */
   2,   /* field[2] = platform_id */
   3,   /* field[3] = play_mode */
+  8,   /* field[8] = public_playback */
   5,   /* field[5] = request_id */
   7,   /* field[7] = simulcast_platform_ids */
   0,   /* field[0] = title */
@@ -1019,7 +1032,7 @@ static const unsigned liveroom__v1__create_room_request__field_indices_by_name[]
 static const ProtobufCIntRange liveroom__v1__create_room_request__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 8 }
+  { 0, 9 }
 };
 const ProtobufCMessageDescriptor liveroom__v1__create_room_request__descriptor =
 {
@@ -1029,7 +1042,7 @@ const ProtobufCMessageDescriptor liveroom__v1__create_room_request__descriptor =
   "Liveroom__V1__CreateRoomRequest",
   "liveroom.v1",
   sizeof(Liveroom__V1__CreateRoomRequest),
-  8,
+  9,
   liveroom__v1__create_room_request__field_descriptors,
   liveroom__v1__create_room_request__field_indices_by_name,
   1,  liveroom__v1__create_room_request__number_ranges,

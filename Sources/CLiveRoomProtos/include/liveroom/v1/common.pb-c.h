@@ -228,10 +228,14 @@ struct  Liveroom__V1__Room
    */
   size_t n_destinations;
   Liveroom__V1__Destination **destinations;
+  /*
+   * HTTP playback needs no viewer token
+   */
+  protobuf_c_boolean public_playback;
 };
 #define LIVEROOM__V1__ROOM__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&liveroom__v1__room__descriptor) \
-    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, LIVEROOM__V1__ROOM_KIND__ROOM_KIND_UNSPECIFIED, (char *)protobuf_c_empty_string, LIVEROOM__V1__PLAY_MODE__PLAY_MODE_UNSPECIFIED, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, LIVEROOM__V1__ROOM_STATUS__ROOM_STATUS_UNSPECIFIED, LIVEROOM__V1__KEY_STATUS__KEY_STATUS_UNSPECIFIED, 0, 0, 0, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, LIVEROOM__V1__INGEST__INGEST_UNSPECIFIED, 0,NULL }
+    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, LIVEROOM__V1__ROOM_KIND__ROOM_KIND_UNSPECIFIED, (char *)protobuf_c_empty_string, LIVEROOM__V1__PLAY_MODE__PLAY_MODE_UNSPECIFIED, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, LIVEROOM__V1__ROOM_STATUS__ROOM_STATUS_UNSPECIFIED, LIVEROOM__V1__KEY_STATUS__KEY_STATUS_UNSPECIFIED, 0, 0, 0, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, LIVEROOM__V1__INGEST__INGEST_UNSPECIFIED, 0,NULL, 0 }
 
 
 /*

@@ -19,6 +19,8 @@ PROTOBUF_C__BEGIN_DECLS
 typedef struct Liveroom__V1__PublishStart Liveroom__V1__PublishStart;
 typedef struct Liveroom__V1__StreamDataRequest Liveroom__V1__StreamDataRequest;
 typedef struct Liveroom__V1__StreamDataResponse Liveroom__V1__StreamDataResponse;
+typedef struct Liveroom__V1__IssueViewerTokenRequest Liveroom__V1__IssueViewerTokenRequest;
+typedef struct Liveroom__V1__IssueViewerTokenResponse Liveroom__V1__IssueViewerTokenResponse;
 typedef struct Liveroom__V1__WatchRequest Liveroom__V1__WatchRequest;
 typedef struct Liveroom__V1__StreamEvent Liveroom__V1__StreamEvent;
 typedef struct Liveroom__V1__WatchResponse Liveroom__V1__WatchResponse;
@@ -100,6 +102,59 @@ struct  Liveroom__V1__StreamDataResponse
 #define LIVEROOM__V1__STREAM_DATA_RESPONSE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&liveroom__v1__stream_data_response__descriptor) \
     , 0, 0, 0, 0 }
+
+
+struct  Liveroom__V1__IssueViewerTokenRequest
+{
+  ProtobufCMessage base;
+  char *room_id;
+  /*
+   * required, at most 128 bytes: the viewer in the statistics
+   */
+  char *viewer_id;
+  /*
+   * at most 128 bytes
+   */
+  char *name;
+  /*
+   * at most 32 bytes
+   */
+  char *phone;
+  /*
+   * 0: 24 hours; at most 30 days
+   */
+  int64_t ttl_seconds;
+};
+#define LIVEROOM__V1__ISSUE_VIEWER_TOKEN_REQUEST__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&liveroom__v1__issue_viewer_token_request__descriptor) \
+    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0 }
+
+
+struct  Liveroom__V1__IssueViewerTokenResponse
+{
+  ProtobufCMessage base;
+  char *token;
+  int64_t expires_at_ms;
+  /*
+   * the embedded web player
+   */
+  char *play_url;
+  /*
+   * HTTP-FLV
+   */
+  char *flv_url;
+  /*
+   * one continuous fragmented MP4 (Media Source Extensions)
+   */
+  char *mp4_url;
+  /*
+   * LL-HLS playlist
+   */
+  char *hls_url;
+};
+#define LIVEROOM__V1__ISSUE_VIEWER_TOKEN_RESPONSE__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&liveroom__v1__issue_viewer_token_response__descriptor) \
+    , (char *)protobuf_c_empty_string, 0, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string }
 
 
 struct  Liveroom__V1__WatchRequest
@@ -209,6 +264,44 @@ Liveroom__V1__StreamDataResponse *
 void   liveroom__v1__stream_data_response__free_unpacked
                      (Liveroom__V1__StreamDataResponse *message,
                       ProtobufCAllocator *allocator);
+/* Liveroom__V1__IssueViewerTokenRequest methods */
+void   liveroom__v1__issue_viewer_token_request__init
+                     (Liveroom__V1__IssueViewerTokenRequest         *message);
+size_t liveroom__v1__issue_viewer_token_request__get_packed_size
+                     (const Liveroom__V1__IssueViewerTokenRequest   *message);
+size_t liveroom__v1__issue_viewer_token_request__pack
+                     (const Liveroom__V1__IssueViewerTokenRequest   *message,
+                      uint8_t             *out);
+size_t liveroom__v1__issue_viewer_token_request__pack_to_buffer
+                     (const Liveroom__V1__IssueViewerTokenRequest   *message,
+                      ProtobufCBuffer     *buffer);
+Liveroom__V1__IssueViewerTokenRequest *
+       liveroom__v1__issue_viewer_token_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   liveroom__v1__issue_viewer_token_request__free_unpacked
+                     (Liveroom__V1__IssueViewerTokenRequest *message,
+                      ProtobufCAllocator *allocator);
+/* Liveroom__V1__IssueViewerTokenResponse methods */
+void   liveroom__v1__issue_viewer_token_response__init
+                     (Liveroom__V1__IssueViewerTokenResponse         *message);
+size_t liveroom__v1__issue_viewer_token_response__get_packed_size
+                     (const Liveroom__V1__IssueViewerTokenResponse   *message);
+size_t liveroom__v1__issue_viewer_token_response__pack
+                     (const Liveroom__V1__IssueViewerTokenResponse   *message,
+                      uint8_t             *out);
+size_t liveroom__v1__issue_viewer_token_response__pack_to_buffer
+                     (const Liveroom__V1__IssueViewerTokenResponse   *message,
+                      ProtobufCBuffer     *buffer);
+Liveroom__V1__IssueViewerTokenResponse *
+       liveroom__v1__issue_viewer_token_response__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   liveroom__v1__issue_viewer_token_response__free_unpacked
+                     (Liveroom__V1__IssueViewerTokenResponse *message,
+                      ProtobufCAllocator *allocator);
 /* Liveroom__V1__WatchRequest methods */
 void   liveroom__v1__watch_request__init
                      (Liveroom__V1__WatchRequest         *message);
@@ -277,6 +370,12 @@ typedef void (*Liveroom__V1__StreamDataRequest_Closure)
 typedef void (*Liveroom__V1__StreamDataResponse_Closure)
                  (const Liveroom__V1__StreamDataResponse *message,
                   void *closure_data);
+typedef void (*Liveroom__V1__IssueViewerTokenRequest_Closure)
+                 (const Liveroom__V1__IssueViewerTokenRequest *message,
+                  void *closure_data);
+typedef void (*Liveroom__V1__IssueViewerTokenResponse_Closure)
+                 (const Liveroom__V1__IssueViewerTokenResponse *message,
+                  void *closure_data);
 typedef void (*Liveroom__V1__WatchRequest_Closure)
                  (const Liveroom__V1__WatchRequest *message,
                   void *closure_data);
@@ -301,6 +400,10 @@ struct Liveroom__V1__MediaService_Service
                 const Liveroom__V1__WatchRequest *input,
                 Liveroom__V1__WatchResponse_Closure closure,
                 void *closure_data);
+  void (*issue_viewer_token)(Liveroom__V1__MediaService_Service *service,
+                             const Liveroom__V1__IssueViewerTokenRequest *input,
+                             Liveroom__V1__IssueViewerTokenResponse_Closure closure,
+                             void *closure_data);
 };
 typedef void (*Liveroom__V1__MediaService_ServiceDestroy)(Liveroom__V1__MediaService_Service *);
 void liveroom__v1__media_service__init (Liveroom__V1__MediaService_Service *service,
@@ -310,7 +413,8 @@ void liveroom__v1__media_service__init (Liveroom__V1__MediaService_Service *serv
 #define LIVEROOM__V1__MEDIA_SERVICE__INIT(function_prefix__) \
     { LIVEROOM__V1__MEDIA_SERVICE__BASE_INIT,\
       function_prefix__ ## stream_data,\
-      function_prefix__ ## watch  }
+      function_prefix__ ## watch,\
+      function_prefix__ ## issue_viewer_token  }
 void liveroom__v1__media_service__stream_data(ProtobufCService *service,
                                               const Liveroom__V1__StreamDataRequest *input,
                                               Liveroom__V1__StreamDataResponse_Closure closure,
@@ -319,6 +423,10 @@ void liveroom__v1__media_service__watch(ProtobufCService *service,
                                         const Liveroom__V1__WatchRequest *input,
                                         Liveroom__V1__WatchResponse_Closure closure,
                                         void *closure_data);
+void liveroom__v1__media_service__issue_viewer_token(ProtobufCService *service,
+                                                     const Liveroom__V1__IssueViewerTokenRequest *input,
+                                                     Liveroom__V1__IssueViewerTokenResponse_Closure closure,
+                                                     void *closure_data);
 
 /* --- descriptors --- */
 
@@ -326,6 +434,8 @@ extern const ProtobufCEnumDescriptor    liveroom__v1__stream_event_kind__descrip
 extern const ProtobufCMessageDescriptor liveroom__v1__publish_start__descriptor;
 extern const ProtobufCMessageDescriptor liveroom__v1__stream_data_request__descriptor;
 extern const ProtobufCMessageDescriptor liveroom__v1__stream_data_response__descriptor;
+extern const ProtobufCMessageDescriptor liveroom__v1__issue_viewer_token_request__descriptor;
+extern const ProtobufCMessageDescriptor liveroom__v1__issue_viewer_token_response__descriptor;
 extern const ProtobufCMessageDescriptor liveroom__v1__watch_request__descriptor;
 extern const ProtobufCMessageDescriptor liveroom__v1__stream_event__descriptor;
 extern const ProtobufCMessageDescriptor liveroom__v1__watch_response__descriptor;

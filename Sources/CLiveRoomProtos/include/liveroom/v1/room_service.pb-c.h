@@ -80,10 +80,14 @@ struct  Liveroom__V1__CreateRoomRequest
    */
   size_t n_simulcast_platform_ids;
   char **simulcast_platform_ids;
+  /*
+   * Anyone may play the room over HTTP without a viewer token (anonymous viewer ids).
+   */
+  protobuf_c_boolean public_playback;
 };
 #define LIVEROOM__V1__CREATE_ROOM_REQUEST__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&liveroom__v1__create_room_request__descriptor) \
-    , (char *)protobuf_c_empty_string, LIVEROOM__V1__ROOM_KIND__ROOM_KIND_UNSPECIFIED, (char *)protobuf_c_empty_string, LIVEROOM__V1__PLAY_MODE__PLAY_MODE_UNSPECIFIED, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, LIVEROOM__V1__INGEST__INGEST_UNSPECIFIED, 0,NULL }
+    , (char *)protobuf_c_empty_string, LIVEROOM__V1__ROOM_KIND__ROOM_KIND_UNSPECIFIED, (char *)protobuf_c_empty_string, LIVEROOM__V1__PLAY_MODE__PLAY_MODE_UNSPECIFIED, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, LIVEROOM__V1__INGEST__INGEST_UNSPECIFIED, 0,NULL, 0 }
 
 
 struct  Liveroom__V1__CreateRoomResponse
