@@ -80,6 +80,7 @@ let package = Package(
         .target(name: "LiveRoomService", dependencies: [
             "LiveRoomRPC", "LiveRoomMessages", "LiveRoomDomain", "LiveRoomStore", "LiveRoomRTMP", "LiveRoomPlayback",
             .product(name: "Hummingbird", package: "hummingbird"),
+            .product(name: "HummingbirdCore", package: "hummingbird"),
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "CoreMetrics", package: "swift-metrics"),

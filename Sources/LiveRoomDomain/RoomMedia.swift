@@ -279,7 +279,8 @@ extension RoomActor {
         return token
     }
 
-    static func checkViewer(viewerId: String, name: String, phone: String) throws {
+    /// Checks a viewer's id (required) and the sizes of its strings.
+    public static func checkViewer(viewerId: String, name: String, phone: String) throws {
         guard !viewerId.isEmpty else { throw RoomError(.invalidArgument, "viewer_id is required") }
         // Bounded so that a page of viewers always fits in an answer (see `viewerPage`).
         for (field, value, limit) in [("viewer_id", viewerId, 128), ("name", name, 128), ("phone", phone, 32)] where value.utf8.count > limit {

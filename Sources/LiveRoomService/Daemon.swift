@@ -24,8 +24,12 @@ public final class Daemon: Service, Sendable {
     private let logger: Logger
     private let relay: RelayManager
     private let mirror: MirrorSupervisor
+    private let playback: PlaybackServer?
+    public let playbackURLs = PlaybackURLs()
     /// The bound RTMP port, once known (0 before).
     private let ownIngest = BoundPort()
+    /// The HTTP listener, running from `start()` until the daemon stops.
+    private let httpTask = Mutex<Task<Void, any Error>?>(nil)
 
 
     public init(configuration: DaemonConfiguration, logger: Logger) throws {
@@ -79,8 +83,9 @@ public final class Daemon: Service, Sendable {
         var registry = ServiceRegistry()
         var services = [Health.name, RoomService.name, MediaService.name, AudienceService.name]
         RoomServiceHandlers.register(rooms, relay: relay, mirror: mirror, in: &registry)
+        let tokens = ViewerTokens(key: try SQLiteStore.loadOrCreateKey(configuration.dataDir, name: "viewer-token.key"))
         MediaServiceHandlers.register(rooms, viewerMerge: configuration.viewerMergeMs > 0 ? .milliseconds(Int64(configuration.viewerMergeMs)) : nil,
-                                      in: &registry)
+                                      tokens: tokens, urls: playbackURLs, in: &registry)
         AudienceServiceHandlers.register(rooms, in: &registry)
         ReportAudienceHandler.register(rooms, AudienceIngestor(store: store, clock: clock, metrics: metrics), platforms: configuration.platforms, in: &registry)
         if configuration.enableTestService {
@@ -107,6 +112,19 @@ public final class Daemon: Service, Sendable {
             rtmp = RTMPServer(configuration: rtmpConfiguration, ingest: RTMPRoomIngest(registry: rooms), logger: logger)
         } else {
             rtmp = nil
+        }
+
+        if let address = configuration.http, case .tcp(let host, let port) = try Endpoint.parseTCP(address) {
+            var settings = PlaybackServer.Settings()
+            settings.host = host
+            settings.port = port
+            settings.publicURL = configuration.httpPublicURL
+            settings.segmentTargetMs = configuration.hlsSegmentMs
+            settings.partTargetMs = configuration.hlsPartMs
+            settings.viewerQueue = media.viewerQueue
+            playback = PlaybackServer(registry: rooms, tokens: tokens, settings: settings, urls: playbackURLs, factory: factory, logger: logger)
+        } else {
+            playback = nil
         }
 
         if let address = configuration.metrics, case .tcp(let host, let port) = try Endpoint.parseTCP(address) {
@@ -153,6 +171,7 @@ public final class Daemon: Service, Sendable {
             // Nothing half-started is left behind (the Unix socket file above all).
             rtmp?.stop()
             metricsServer?.stop()
+            httpTask.withLock { $0 }?.cancel()
             await server.shutdown()
             throw error
         }
@@ -180,6 +199,34 @@ public final class Daemon: Service, Sendable {
                 throw ServerStartError("cannot listen for metrics on \(address): \(error)")
             }
         }
+        if let playback { try await startHTTP(playback) }
+    }
+
+    /// Runs the HTTP listener until the daemon stops; returns once it is bound.
+    private func startHTTP(_ playback: PlaybackServer) async throws {
+        guard httpTask.withLock({ $0 == nil }) else { return }  // start() runs again inside the ServiceGroup
+        let (bound, boundSource) = AsyncStream<Int>.makeStream()
+        let app = playback.application { port in
+            boundSource.yield(port)
+            boundSource.finish()
+        }
+        let task = Task {
+            defer { boundSource.finish() }
+            try await app.run()
+        }
+        httpTask.withLock { $0 = task }
+        var ports = bound.makeAsyncIterator()
+        guard let port = await ports.next(), port != 0 else {
+            let reason = await task.result
+            throw ServerStartError("cannot listen for HTTP on \(configuration.http ?? ""): \(reason) (set http = HOST:PORT or http = off)")
+        }
+        let host = playback.settings.host
+        let wildcard = host == "0.0.0.0" || host == "::" || host == "[::]"
+        let advertised = wildcard ? "127.0.0.1" : (host.contains(":") && !host.hasPrefix("[") ? "[\(host)]" : host)
+        let base = playback.settings.publicURL ?? "http://\(advertised):\(port)"
+        playbackURLs.set(base)
+        await rooms.setPlayURLBase(base + "/play/")
+        logger.info("HTTP listening \(host):\(port)", metadata: ["players": "\(base)/play/ROOM"])
     }
 
     public func run() async throws {
@@ -212,11 +259,14 @@ public final class Daemon: Service, Sendable {
         let rtmp = self.rtmp
         let rtmpTask = Task { try await rtmp?.run() }
         defer { rtmp?.stop() }
+        defer { httpTask.withLock { $0 }?.cancel() }
         try await withGracefulShutdownHandler {
             try await server.run()
             rtmp?.stop()
             _ = await rtmpTask.result
             mirroring.cancel()
+            httpTask.withLock { $0 }?.cancel()
+            await playback?.shutDown()
             await relay.stopAll()
             await rooms.flushStats()
         } onGracefulShutdown: {

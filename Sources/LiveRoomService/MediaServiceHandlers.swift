@@ -7,8 +7,13 @@ import NIOCore
 public enum MediaServiceHandlers {
     /// - Parameter viewerMerge: how long writes to a viewer of a live room may wait to go out
     ///   together (nil: at once).
-    public static func register(_ registry: RoomRegistry, viewerMerge: TimeAmount? = nil, in services: inout ServiceRegistry) {
+    public static func register(_ registry: RoomRegistry, viewerMerge: TimeAmount? = nil, tokens: ViewerTokens, urls: PlaybackURLs,
+                                in services: inout ServiceRegistry) {
         let lanes = EventLoopLanes(flushDelay: viewerMerge)
+        services.unary(MediaService.issueViewerToken) { request, context in
+            context.addLogMetadata("room", request.roomId)
+            return try await domain { try await issueViewerToken(registry, tokens, urls, request) }
+        }
         services.clientStreaming(MediaService.streamData) { requests, context in
             try await domain { try await publish(registry, requests, context) }
         }
@@ -53,6 +58,31 @@ public enum MediaServiceHandlers {
         await room.endPublish(session, reason: reason)
         summary.endedAtMs = registry.now
         return summary
+    }
+
+    static let maxTokenTTLSeconds: Int64 = 30 * 86400
+
+    static func issueViewerToken(_ registry: RoomRegistry, _ tokens: ViewerTokens, _ urls: PlaybackURLs,
+                                 _ request: IssueViewerTokenRequest) async throws -> IssueViewerTokenResponse {
+        try RoomActor.checkViewer(viewerId: request.viewerId, name: request.name, phone: request.phone)
+        guard (0...maxTokenTTLSeconds).contains(request.ttlSeconds) else {
+            throw RoomError(.invalidArgument, "ttl_seconds must be between 0 (24 hours) and \(maxTokenTTLSeconds) (30 days)")
+        }
+        let room = try await registry.room(request.roomId)
+        guard await room.snapshot().status != .ended else { throw RoomError(.failedPrecondition, "room \(request.roomId) has ended") }
+        let expires = registry.now + (request.ttlSeconds == 0 ? 86400 : request.ttlSeconds) * 1000
+        var r = IssueViewerTokenResponse()
+        r.token = tokens.issue(.init(room: request.roomId, viewer: request.viewerId, name: request.name, phone: request.phone,
+                                     expiresAtMs: expires))
+        r.expiresAtMs = expires
+        if let base = urls.baseURL {
+            let q = "?t=" + r.token
+            r.playUrl = "\(base)/play/\(request.roomId)\(q)"
+            r.flvUrl = "\(base)/live/\(request.roomId).flv\(q)"
+            r.mp4Url = "\(base)/live/\(request.roomId).mp4\(q)"
+            r.hlsUrl = "\(base)/live/\(request.roomId)/index.m3u8\(q)"
+        }
+        return r
     }
 
     static func watch(_ registry: RoomRegistry, _ request: WatchRequest, _ sender: ResponseSender<WatchResponse>,
