@@ -122,6 +122,7 @@ public final class Daemon: Service, Sendable {
             settings.segmentTargetMs = configuration.hlsSegmentMs
             settings.partTargetMs = configuration.hlsPartMs
             settings.viewerQueue = media.viewerQueue
+            settings.requestTimeout = .milliseconds(Int64(configuration.httpRequestTimeoutMs))
             playback = PlaybackServer(registry: rooms, tokens: tokens, settings: settings, urls: playbackURLs, factory: factory, logger: logger)
         } else {
             playback = nil

@@ -36,6 +36,8 @@ public struct DaemonConfiguration: Sendable, Equatable {
     /// LL-HLS: segments start at a keyframe once this long; parts are at most this long.
     public var hlsSegmentMs = 2000
     public var hlsPartMs = 500
+    /// An HTTP client must send a whole request within this (slow clients are closed).
+    public var httpRequestTimeoutMs = 10_000
     /// The RTMP application name publishers use (`rtmp://HOST:PORT/APP/STREAM_KEY`).
     public var rtmpApp = "live"
     /// Key lifetime on the built-in platform.
@@ -156,6 +158,7 @@ public struct DaemonConfiguration: Sendable, Equatable {
                 httpPublicURL = value.hasSuffix("/") ? String(value.dropLast()) : value
             case "hls_segment_ms": hlsSegmentMs = try int(500...30_000)
             case "hls_part_ms": hlsPartMs = try int(100...5000)
+            case "http_request_timeout_ms": httpRequestTimeoutMs = try int(100...600_000)
             case "rtmp_app":
                 guard !value.isEmpty, value.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" }) else {
                     throw fail("rtmp_app may use letters, digits, - and _ only, got \"\(value)\"")

@@ -12,6 +12,8 @@ public final class DaemonProcess: @unchecked Sendable {
     public private(set) var rtmpPort = 0
     /// The metrics listener's port, when started with `--metrics 127.0.0.1:0`.
     public private(set) var metricsPort = 0
+    /// The HTTP listener's port (players), 0 if the daemon runs without one.
+    public private(set) var httpPort = 0
     private let process = Process()
     private let logURL: URL
 
@@ -34,6 +36,7 @@ public final class DaemonProcess: @unchecked Sendable {
                     "--tcp-token", token, "--enable-test-service", "--log-level", "debug"]
         if tcp { args += ["--tcp", "127.0.0.1:0"] }
         if !extra.contains("--rtmp") { args += ["--rtmp", "127.0.0.1:0"] }
+        if !extra.contains("--http") { args += ["--http", "127.0.0.1:0"] }
         process.arguments = args + extra
         let log = try FileHandle(forWritingTo: logURL)
         process.standardError = log
@@ -50,6 +53,11 @@ public final class DaemonProcess: @unchecked Sendable {
                     let r = rtmpLine.range(of: #"127\.0\.0\.1:(\d+)"#, options: .regularExpression)
                 {
                     rtmpPort = Int(rtmpLine[r].split(separator: ":").last!)!
+                }
+                if let httpLine = text.split(separator: "\n").first(where: { $0.contains("HTTP listening") }),
+                    let r = httpLine.range(of: #"HTTP listening 127\.0\.0\.1:(\d+)"#, options: .regularExpression)
+                {
+                    httpPort = Int(httpLine[r].split(separator: ":").last!)!
                 }
                 if let metricsLine = text.split(separator: "\n").first(where: { $0.contains("metrics listening") }),
                     let r = metricsLine.range(of: #"127\.0\.0\.1:(\d+)"#, options: .regularExpression)

@@ -14,7 +14,7 @@ struct LiveRoomCtl: AsyncParsableCommand {
             HealthCommand.self, PlatformsCommand.self, CreateRoomCommand.self, RoomCommand.self, RoomsCommand.self,
             RefreshCommand.self, RotateKeyCommand.self, CloseCommand.self, PublishCommand.self, WatchCommand.self,
             ViewersCommand.self, StatsCommand.self, ReportCommand.self, CallCommand.self, MethodsCommand.self,
-            DescribeCommand.self, DestinationsCommand.self,
+            DescribeCommand.self, DestinationsCommand.self, ViewerTokenCommand.self,
         ])
 }
 

@@ -150,3 +150,28 @@ struct StatsCommand: AsyncParsableCommand {
         }
     }
 }
+
+struct ViewerTokenCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "viewer-token",
+        abstract: "Issue a token that lets one viewer play a room over HTTP, with the URLs that carry it.")
+    @OptionGroup var global: GlobalOptions
+    @Argument(help: "Room id.") var id: String
+    @Option(help: "The viewer's id (as in the statistics).") var viewer: String
+    @Option(help: "The viewer's name.") var name = ""
+    @Option(help: "The viewer's phone.") var phone = ""
+    @Option(help: "Lifetime in seconds (default 24 hours; at most 30 days).") var ttl: Int64 = 0
+
+    func run() async throws {
+        var r = IssueViewerTokenRequest()
+        r.roomId = id
+        r.viewerId = viewer
+        r.name = name
+        r.phone = phone
+        r.ttlSeconds = ttl
+        try await callAndPrint(global, MediaService.issueViewerToken, r) { t in
+            [("token", t.token), ("expires", time(t.expiresAtMs)), ("player", t.playUrl), ("http-flv", t.flvUrl), ("mp4", t.mp4Url),
+             ("hls", t.hlsUrl)].map { "\($0.0.padding(toLength: 9, withPad: " ", startingAt: 0)) \($0.1)" }.joined(separator: "\n")
+        }
+    }
+}

@@ -41,7 +41,9 @@ func describeRoom(_ r: Room) -> String {
         ("play mode", shortName(r.playMode, "PLAY_MODE_")), ("status", shortName(r.status, "ROOM_STATUS_")),
         ("push server", r.pushServer), ("stream key", r.streamKey),
         ("key status", r.keyStatus == .expired ? "expired (key invalid)" : shortName(r.keyStatus, "KEY_STATUS_")),
-        ("key expires", time(r.keyExpiresAtMs)), ("play url", r.playUrl), ("owner", r.ownerId.isEmpty ? "-" : r.ownerId),
+        ("key expires", time(r.keyExpiresAtMs)), ("play url", r.playUrl),
+        ("playback", r.publicPlayback ? "public (no viewer token needed)" : "private (viewer tokens: liveroomctl viewer-token)"),
+        ("owner", r.ownerId.isEmpty ? "-" : r.ownerId),
         ("created", time(r.createdAtMs)), ("request id", r.requestId),
     ] + (r.ingest == .unspecified ? [] : [("ingest", shortName(r.ingest, "INGEST_"))])
     var text = rows.map { "\($0.0.padding(toLength: 12, withPad: " ", startingAt: 0)) \($0.1)" }.joined(separator: "\n")
@@ -150,9 +152,11 @@ struct CreateRoomCommand: AsyncParsableCommand {
     var ingest: String?
     @Option(name: .customLong("simulcast"), help: "Also create a room on this external platform and relay to it (repeatable).")
     var simulcast: [String] = []
+    @Flag(name: .customLong("public"), help: "Anyone may play the room over HTTP, without a viewer token.") var publicPlayback = false
 
     func run() async throws {
         var r = CreateRoomRequest()
+        r.publicPlayback = publicPlayback
         switch ingest {
         case nil: break
         case "relay": r.ingest = .relay

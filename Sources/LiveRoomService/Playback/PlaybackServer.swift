@@ -352,6 +352,10 @@ public final class PlaybackServer: Sendable {
         } else if q.get("_HLS_part") != nil {
             throw HTTPError(.badRequest, message: "_HLS_part needs _HLS_msn")
         }
+        if await !p.hasMedia, await v.room.isPublishing {
+            // Just attached: the packager needs the current group of pictures first.
+            _ = await p.waitFor(msn: 0, part: 0, timeoutMs: 5000)
+        }
         if let reason = await p.unsupported { throw HTTPError(.unsupportedMediaType, message: reason) }
         guard await p.hasMedia else { throw notLive(v) }
         try await p.touch(viewerId: v.id, name: v.name, phone: v.phone)
