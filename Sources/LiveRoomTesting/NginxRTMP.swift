@@ -21,13 +21,17 @@ public final class NginxRTMP: @unchecked Sendable {
     public let pushTo: [String]
     private var process: Process?
 
+    /// Directives for an `http { }` block (an HTTP server in the same nginx), if any.
+    public let http: String?
+
     /// Writes the config and starts nginx. `port` 0 picks a free one.
-    public init(directory: URL, port: Int = 0, callbacks: String? = nil, pushTo: [String] = []) throws {
+    public init(directory: URL, port: Int = 0, callbacks: String? = nil, pushTo: [String] = [], http: String? = nil) throws {
+        self.http = http
         self.directory = directory
         self.port = port == 0 ? try Self.freePort() : port
         self.callbacks = callbacks
         self.pushTo = pushTo
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(at: directory.appendingPathComponent("tmp"), withIntermediateDirectories: true)
         try start()
     }
 
@@ -49,6 +53,7 @@ public final class NginxRTMP: @unchecked Sendable {
             daemon off; master_process off; pid \(d)/nginx.pid; error_log \(d)/error.log info;
             events { worker_connections 4096; }
             rtmp { server { listen 127.0.0.1:\(port); chunk_size 4096; application live { \(app) } } }
+            \(http.map { "http { access_log \(d)/access.log; client_body_temp_path \(d)/tmp; proxy_temp_path \(d)/tmp;\n\($0)\n}" } ?? "")
 
             """
     }

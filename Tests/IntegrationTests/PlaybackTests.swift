@@ -18,11 +18,12 @@ final class PlaybackTests: XCTestCase {
     }
 
     func daemon(_ settings: String = "") async throws -> DaemonProcess {
+        // Metrics on a free port: tests read what the daemon served.
         let dir = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("play-\(UUID().uuidString.prefix(8))")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         let config = dir.appendingPathComponent("d.conf")
         try ("hls_segment_ms = 2000\nhls_part_ms = 500\n" + settings).write(to: config, atomically: true, encoding: .utf8)
-        return try await DaemonProcess(arguments: ["--config", config.path], directory: dir)
+        return try await DaemonProcess(arguments: ["--config", config.path, "--metrics", "127.0.0.1:0"], directory: dir)
     }
 
     func createRoom(_ client: RPCClient, title: String = "Playback test", public: Bool = false) async throws -> Room {
@@ -44,10 +45,12 @@ final class PlaybackTests: XCTestCase {
     }
 
     /// ffmpeg publishing `seconds` of 640x360 H.264 (a keyframe a second) and AAC, in real time.
-    func publish(_ room: Room, seconds: Int) -> Task<Tool.Run, any Error> {
+    /// `constantKbps` pads the video to that bitrate (filler data), for tests that fill buffers.
+    func publish(_ room: Room, seconds: Int, constantKbps: Int? = nil) -> Task<Tool.Run, any Error> {
+        let rate = constantKbps.map { ["-b:v", "\($0)k", "-minrate", "\($0)k", "-maxrate", "\($0)k", "-bufsize", "\($0 / 4)k", "-x264-params", "nal-hrd=cbr"] } ?? []
         let args = ["-nostdin", "-loglevel", "error", "-re", "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=25",
                     "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100", "-t", "\(seconds)",
-                    "-c:v", "libx264", "-preset", "ultrafast", "-g", "25", "-pix_fmt", "yuv420p", "-c:a", "aac",
+                    "-c:v", "libx264", "-preset", "ultrafast", "-g", "25", "-pix_fmt", "yuv420p"] + rate + ["-c:a", "aac",
                     "-f", "flv", "\(room.pushServer)/\(room.streamKey)"]
         return Task { try await Tool.run("ffmpeg", args, timeout: Double(seconds) + 60) }
     }
@@ -242,6 +245,50 @@ final class PlaybackTests: XCTestCase {
         try await d.stop()
     }
 
+    // MARK: a cache in front
+
+    func testAnNginxCacheInFrontServesEachSegmentFromTheDaemonOnce() async throws {
+        try XCTSkipUnless(FileManager.default.fileExists(atPath: NginxRTMP.binary), "nginx is not installed (tools/test installs it)")
+        let d = try await daemon()
+        let client = try await d.connect(.unix)
+        let room = try await createRoom(client, public: true)
+        // The sample config as shipped, pointed at this daemon, a free port and a temporary cache.
+        let cacheDir = d.directory.appendingPathComponent("cache")
+        let front = try NginxRTMP.freePort()
+        let sample = try String(contentsOf: Self.repo.appendingPathComponent("tools/deploy/nginx-playback-cache.conf"), encoding: .utf8)
+            .replacingOccurrences(of: "server 127.0.0.1:8080;", with: "server 127.0.0.1:\(d.httpPort);")
+            .replacingOccurrences(of: "listen 80;", with: "listen 127.0.0.1:\(front);")
+            .replacingOccurrences(of: "/var/cache/nginx/liveroom", with: cacheDir.path)
+        let nginx = try NginxRTMP(directory: d.directory.appendingPathComponent("nginx"), http: sample)
+        defer { nginx.stop() }
+        let publisher = publish(room, seconds: 14)
+        try await waitUntilLive(client, room)
+        let url = "http://127.0.0.1:\(front)/live/\(room.roomId)/index.m3u8"
+        _ = try await get(url)  // packaging begins
+        try await Task.sleep(for: .seconds(4))
+        // Two players through the cache, each reading the same segments.
+        let players = (0..<2).map { _ in
+            Task { try await Tool.run("ffmpeg", ["-nostdin", "-v", "error", "-live_start_index", "0", "-i", url, "-t", "5", "-c", "copy", "-f", "null", "-"],
+                                      timeout: 60) }
+        }
+        for p in players { let r = try await p.value; XCTAssertEqual(r.status, 0, r.stderr) }
+        let access = try String(contentsOf: nginx.directory.appendingPathComponent("access.log"), encoding: .utf8)
+        let segments = access.components(separatedBy: "\n").compactMap { line -> String? in
+            guard let r = line.range(of: #"GET /live/[^ ?]+seg-\d+\.m4s"#, options: .regularExpression) else { return nil }
+            return String(line[r])
+        }
+        XCTAssertGreaterThanOrEqual(segments.count, 4, "both players read segments through nginx:\n\(access)")
+        let distinct = Set(segments)
+        XCTAssertLessThan(distinct.count, segments.count, "the players asked for the same segments")
+        let metrics = try await get("http://127.0.0.1:\(d.metricsPort)/metrics")
+        let served = metrics.body.components(separatedBy: "\n").first { $0.hasPrefix("liveroom_http_responses_total{kind=\"segment\"}") }
+        XCTAssertEqual(served.flatMap { Int($0.split(separator: " ").last ?? "") }, distinct.count,
+                       "the daemon served each segment once (\(distinct.count) distinct, \(segments.count) asked for)")
+        publisher.cancel()
+        await client.close()
+        try await d.stop()
+    }
+
     // MARK: bad input
 
     func testBadRequestsGetAClearAnswerAndTheDaemonServesEveryoneElse() async throws {
@@ -300,6 +347,32 @@ final class PlaybackTests: XCTestCase {
         let fresh = try await get("\(base)/live/\(room.roomId).flv")
         XCTAssertEqual(fresh.status, 410)
         XCTAssertTrue(fresh.body.contains("ended"), fresh.body)
+        await client.close()
+        try await d.stop()
+    }
+
+    func testASlowHTTPViewerIsDroppedWhileOthersPlayOn() async throws {
+        let d = try await daemon("viewer_max_stall_ms = 1000\nviewer_queue_bytes = 65536\nviewer_max_skips = 1\n")
+        let client = try await d.connect(.unix)
+        let room = try await createRoom(client)
+        let slowToken = try await token(client, room, viewer: "slow", name: "Slow Reader")
+        let fine = try await token(client, room, viewer: "fine", name: "Fine Reader")
+        let publisher = publish(room, seconds: 25, constantKbps: 8000)
+        try await waitUntilLive(client, room)
+        // Asks for the HTTP-FLV stream and never reads, with a tiny receive window.
+        let slow = try RawTCP(port: d.httpPort, receiveBuffer: 4096)
+        try slow.send("GET /live/\(room.roomId).flv?t=\(slowToken.token) HTTP/1.1\r\nHost: x\r\n\r\n")
+        let probe = try await Tool.run("ffprobe", ["-v", "error", "-show_entries", "stream=codec_name", "-of", "csv=p=0", fine.flvUrl], timeout: 30)
+        XCTAssertEqual(Set(probe.stdout.split(separator: "\n")), ["aac", "h264"], "another viewer plays meanwhile: \(probe.stderr)")
+        // 8 Mbit/s fills the sockets' buffers within seconds; then the viewer's queue stalls and it is dropped.
+        try await Task.sleep(for: .seconds(10))
+        XCTAssertTrue(try slow.readsEndOfStream(within: 5), "the daemon closed the viewer that stopped reading")
+        let list = try await viewers(client, room)
+        let slowViewer = list.first { $0.viewerId == "slow" }
+        XCTAssertEqual(slowViewer?.name, "Slow Reader")
+        XCTAssertEqual(slowViewer?.online, false, "the dropped viewer is offline in the statistics")
+        XCTAssertEqual(slowViewer?.timesLeft, 1)
+        publisher.cancel()
         await client.close()
         try await d.stop()
     }
@@ -376,8 +449,9 @@ final class PlaybackTests: XCTestCase {
 final class RawTCP {
     private let fd: Int32
 
-    init(port: Int) throws {
+    init(port: Int, receiveBuffer: Int32? = nil) throws {
         fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        if var size = receiveBuffer { setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size)) }
         var addr = sockaddr_in()
         addr.sin_family = sa_family_t(AF_INET)
         addr.sin_port = in_port_t(UInt16(port).bigEndian)
