@@ -189,9 +189,8 @@ public final class Daemon: Service, Sendable {
             ownIngest.port.store(port, ordering: .relaxed)
             if !configuration.pushServerConfigured {
                 // A wildcard address is no place to push to; name loopback and say how to change it.
-                let wildcard = host == "0.0.0.0" || host == "::" || host == "[::]"
+                let (advertised, wildcard) = Self.advertised(host)
                 if wildcard { logger.notice("RTMP listens on all addresses: set push_server to the address broadcasters reach") }
-                let advertised = wildcard ? "127.0.0.1" : (host.contains(":") && !host.hasPrefix("[") ? "[\(host)]" : host)
                 await rooms.setPushServer("rtmp://\(advertised):\(port)/\(configuration.rtmpApp)")
             }
         }
@@ -201,6 +200,13 @@ public final class Daemon: Service, Sendable {
             }
         }
         if let playback { try await startHTTP(playback) }
+    }
+
+    /// The host to put in URLs we hand out for a listener on `host`: a wildcard address is no
+    /// place to connect to, so loopback stands in (and the caller says how to change it).
+    static func advertised(_ host: String) -> (host: String, wildcard: Bool) {
+        let wildcard = host == "0.0.0.0" || host == "::" || host == "[::]"
+        return (wildcard ? "127.0.0.1" : (host.contains(":") && !host.hasPrefix("[") ? "[\(host)]" : host), wildcard)
     }
 
     /// Runs the HTTP listener until the daemon stops; returns once it is bound.
@@ -222,11 +228,13 @@ public final class Daemon: Service, Sendable {
             throw ServerStartError("cannot listen for HTTP on \(configuration.http ?? ""): \(reason) (set http = HOST:PORT or http = off)")
         }
         let host = playback.settings.host
-        let wildcard = host == "0.0.0.0" || host == "::" || host == "[::]"
-        let advertised = wildcard ? "127.0.0.1" : (host.contains(":") && !host.hasPrefix("[") ? "[\(host)]" : host)
+        let (advertised, wildcard) = Self.advertised(host)
+        if wildcard && playback.settings.publicURL == nil {
+            logger.notice("HTTP listens on all addresses: set http_public_url to the address players reach")
+        }
         let base = playback.settings.publicURL ?? "http://\(advertised):\(port)"
         playbackURLs.set(base)
-        await rooms.setPlayURLBase(base + "/play/")
+        if !configuration.playURLBaseConfigured { await rooms.setPlayURLBase(base + "/play/") }
         logger.info("HTTP listening \(host):\(port)", metadata: ["players": "\(base)/play/ROOM"])
     }
 

@@ -24,6 +24,8 @@ public struct DaemonConfiguration: Sendable, Equatable {
     public var builtin = BuiltinEndpoints()
     /// Whether push_server was configured; if not, it follows the RTMP listener.
     public var pushServerConfigured = false
+    /// Whether play_url_base was configured; if not, it follows the HTTP listener.
+    public var playURLBaseConfigured = false
     /// The RTMP listener for encoders; nil turns it off.
     public var rtmp: String? = "127.0.0.1:1935"
     /// Prometheus metrics over HTTP at HOST:PORT (`GET /metrics`); nil turns them off.
@@ -164,7 +166,9 @@ public struct DaemonConfiguration: Sendable, Equatable {
                     throw fail("rtmp_app may use letters, digits, - and _ only, got \"\(value)\"")
                 }
                 rtmpApp = value
-            case "play_url_base": builtin.playURLBase = value
+            case "play_url_base":
+                builtin.playURLBase = value
+                playURLBaseConfigured = true
             case "key_ttl_seconds": keyTTLSeconds = Int64(try int(60...(365 * 86400)))
             case "store_max_page_count": storeMaxPageCount = try int(10...Int(Int32.max))
             case "publisher_idle_timeout_ms": publisherIdleTimeoutMs = Int64(try int(200...3_600_000))
