@@ -121,7 +121,7 @@ let package = Package(
         ]),
         .executableTarget(name: "liveroom-protogen", dependencies: ["LiveRoomCodec", "CLiveRoomProtos"]),
         .executableTarget(name: "liveroom-bench", dependencies: [
-            "LiveRoomTesting", "LiveRoomClient",
+            "LiveRoomTesting", "LiveRoomClient", "LiveRoomRTMP",
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),

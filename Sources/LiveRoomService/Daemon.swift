@@ -199,7 +199,7 @@ public final class Daemon: Service, Sendable {
                 throw ServerStartError("cannot listen for metrics on \(address): \(error)")
             }
         }
-        if let playback { try await startHTTP(playback) }
+        if let playback { try await startPlayback(playback) }
     }
 
     /// The host to put in URLs we hand out for a listener on `host`: a wildcard address is no
@@ -210,23 +210,16 @@ public final class Daemon: Service, Sendable {
     }
 
     /// Runs the HTTP listener until the daemon stops; returns once it is bound.
-    private func startHTTP(_ playback: PlaybackServer) async throws {
+    private func startPlayback(_ playback: PlaybackServer) async throws {
         guard httpTask.withLock({ $0 == nil }) else { return }  // start() runs again inside the ServiceGroup
-        let (bound, boundSource) = AsyncStream<Int>.makeStream()
-        let app = playback.application { port in
-            boundSource.yield(port)
-            boundSource.finish()
+        let running: (task: Task<Void, any Error>, port: Int)
+        do {
+            running = try await startHTTP { onBound in playback.application { port in onBound(port) } }
+        } catch {
+            throw ServerStartError("cannot listen for HTTP on \(configuration.http ?? ""): \(error) (set http = HOST:PORT or http = off)")
         }
-        let task = Task {
-            defer { boundSource.finish() }
-            try await app.run()
-        }
-        httpTask.withLock { $0 = task }
-        var ports = bound.makeAsyncIterator()
-        guard let port = await ports.next(), port != 0 else {
-            let reason = await task.result
-            throw ServerStartError("cannot listen for HTTP on \(configuration.http ?? ""): \(reason) (set http = HOST:PORT or http = off)")
-        }
+        httpTask.withLock { $0 = running.task }
+        let port = running.port
         let host = playback.settings.host
         let (advertised, wildcard) = Self.advertised(host)
         if wildcard && playback.settings.publicURL == nil {

@@ -18,7 +18,7 @@ struct Bench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "liveroom-bench",
         abstract: "Benchmarks for liveroomd (run through tools/bench).",
-        subcommands: [RPCBench.self, FanoutBench.self, AudienceBench.self])
+        subcommands: [RPCBench.self, FanoutBench.self, AudienceBench.self, PlayBench.self])
 }
 
 /// Latency samples from many workers, summarised.
