@@ -123,6 +123,7 @@ public final class Daemon: Service, Sendable {
             settings.partTargetMs = configuration.hlsPartMs
             settings.viewerQueue = media.viewerQueue
             settings.requestTimeout = .milliseconds(Int64(configuration.httpRequestTimeoutMs))
+            settings.merge = configuration.viewerMergeMs > 0 ? .milliseconds(configuration.viewerMergeMs) : nil
             playback = PlaybackServer(registry: rooms, tokens: tokens, settings: settings, urls: playbackURLs, factory: factory, logger: logger)
         } else {
             playback = nil

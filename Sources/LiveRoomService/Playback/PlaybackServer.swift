@@ -43,6 +43,8 @@ public final class PlaybackServer: Sendable {
         public var viewerQueue = ViewerQueue.Limits()
         /// Time a client may take to send a whole request.
         public var requestTimeout = TimeAmount.seconds(10)
+        /// How long writes to a player of a live room may wait to go out together (viewer_merge_ms).
+        public var merge: Duration? = .milliseconds(50)
         public init() {}
     }
 
@@ -222,10 +224,11 @@ public final class PlaybackServer: Sendable {
         }
         responses("flv").increment()
         let room = v.room
+        let merge = v.record.kind == .live ? settings.merge : nil
         return Response(status: .ok, headers: Self.headers("video/x-flv", cache: "no-store"), body: .init { writer in
             defer { Task { await room.leave(token) } }
             try await writer.write(first.payload)
-            try await Self.stream(reader, to: &writer, endOnStreamEnd: true)
+            try await Self.stream(reader, to: &writer, endOnStreamEnd: true, merge: merge)
             try await writer.finish(nil)
         })
     }
@@ -253,6 +256,7 @@ public final class PlaybackServer: Sendable {
         }
         responses("mp4").increment()
         let mime = await p.packager.tracks.mimeType
+        let merge = v.record.kind == .live ? settings.merge : nil
         return Response(status: .ok, headers: Self.headers(mime, cache: "no-store"), body: .init { writer in
             defer {
                 Task {
@@ -260,16 +264,19 @@ public final class PlaybackServer: Sendable {
                     await room.leave(presence)
                 }
             }
-            try await Self.stream(QueueReader(queue), to: &writer, endOnStreamEnd: false)
+            try await Self.stream(QueueReader(queue), to: &writer, endOnStreamEnd: false, merge: merge)
             try await writer.finish(nil)
         })
     }
 
     /// Writes a viewer queue's chunks, several at a time when they have piled up.
-    static func stream(_ reader: QueueReader, to writer: inout any ResponseBodyWriter, endOnStreamEnd: Bool) async throws {
+    static func stream(_ reader: QueueReader, to writer: inout any ResponseBodyWriter, endOnStreamEnd: Bool,
+                       merge: Duration?) async throws {
         while true {
             switch await reader.next() {
             case .item(.chunk(let c)):
+                // Live players buffer seconds: a moment's wait lets several chunks go in one write.
+                if let merge { try? await Task.sleep(for: merge) }
                 var batch = [c.payload]
                 var ended = false
                 drain: while batch.count < 64 {
