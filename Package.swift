@@ -126,7 +126,7 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "liveroom-fuzz", dependencies: [
-            "LiveRoomRPC", "LiveRoomMessages", "LiveRoomRTMP", "LiveRoomService", "LiveRoomStore", "LiveRoomDomain",
+            "LiveRoomRPC", "LiveRoomMessages", "LiveRoomRTMP", "LiveRoomPlayback", "LiveRoomService", "LiveRoomStore", "LiveRoomDomain",
             .product(name: "Logging", package: "swift-log"),
         ]),
         .testTarget(name: "LiveRoomCodecTests", dependencies: ["LiveRoomCodec", "LiveRoomMessages"]),

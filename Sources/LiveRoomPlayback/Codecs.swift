@@ -22,6 +22,7 @@ public struct AVCConfig: Equatable, Sendable {
     }
 
     public init(record: [UInt8]) throws {
+        guard record.count <= 4096 else { throw UnsupportedMedia("the H.264 configuration record is over 4 KiB") }
         guard record.count >= 7, record[0] == 1 else { throw UnsupportedMedia("the H.264 configuration record is malformed") }
         var i = 5
         let spsCount = Int(record[i] & 0x1F)
@@ -42,6 +43,8 @@ public struct AVCConfig: Equatable, Sendable {
     /// Builds the record from an SPS and a PPS (as MPEG-TS carries them, in band).
     public init(sps: [UInt8], pps: [UInt8]) throws {
         guard sps.count >= 4 else { throw UnsupportedMedia("the H.264 SPS is truncated") }
+        // Lengths are 16-bit in the record; real parameter sets are tens of bytes.
+        guard sps.count <= 1024, pps.count <= 1024 else { throw UnsupportedMedia("an H.264 SPS or PPS is over 1 KiB") }
         var r: [UInt8] = [1, sps[1], sps[2], sps[3], 0xFF, 0xE1]
         r += [UInt8(sps.count >> 8), UInt8(sps.count & 0xFF)] + sps
         r += [1, UInt8(pps.count >> 8), UInt8(pps.count & 0xFF)] + pps
@@ -114,6 +117,8 @@ public struct AACConfig: Equatable, Sendable {
     static let rates = [96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350]
 
     public init(specificConfig: [UInt8]) throws {
+        // Its length is one byte in `esds`; real ones are 2 to 5 bytes.
+        guard specificConfig.count <= 64 else { throw UnsupportedMedia("the AAC configuration is over 64 bytes") }
         var r = BitReader(bytes: specificConfig)
         do {
             var type = try r.bits(5)

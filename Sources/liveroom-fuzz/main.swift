@@ -1,10 +1,12 @@
 // libFuzzer targets: the RPC frame decoder and every message decoder (default), with
 // LIVEROOM_FUZZ_TARGET=rtmp the RTMP chunk parser, AMF0 decoder and FLV muxer, with rtmp-client
-// what the RTMP client (relay, mirror) reads from a server and the FLV tag reader, and with
+// what the RTMP client (relay, mirror) reads from a server and the FLV tag reader, with playback
+// the demuxers and packager that remux a publisher's stream for HTTP players, and with
 // LIVEROOM_FUZZ_TARGET=daemon a whole daemon driven over its sockets (DaemonTarget.swift). Built by
 // tools/fuzz with -sanitize=fuzzer,address; an ordinary build links it as an empty program.
 import Foundation
 import LiveRoomMessages
+import LiveRoomPlayback
 import LiveRoomRPC
 import LiveRoomRTMP
 import NIOCore
@@ -23,6 +25,10 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
         }
         if target == "daemon" {
             fuzzDaemon(bytes)
+            return 0
+        }
+        if target == "playback" {
+            fuzzPlayback(bytes)
             return 0
         }
     }
@@ -63,6 +69,22 @@ func fuzzRTMPClient(_ bytes: UnsafeBufferPointer<UInt8>) {
         reader.feed(rest.readSlice(length: min(97, rest.readableBytes))!)
         do { while try reader.next() != nil {} } catch { break }
     }
+}
+
+/// A publisher's bytes as the HTTP packager reads them: demuxed (FLV or MPEG-TS, by the first
+/// byte), cut into fMP4 parts and segments, and listed in a playlist. A publisher must never
+/// crash the daemon, whatever it sends.
+func fuzzPlayback(_ bytes: UnsafeBufferPointer<UInt8>) {
+    var demuxer = StreamDemuxer()
+    var packager = Packager()
+    var rest = ByteBuffer(bytes: bytes)
+    while rest.readableBytes > 0 {
+        guard let piece = rest.readSlice(length: min(211, rest.readableBytes)), let items = try? demuxer.feed(piece) else { break }
+        _ = packager.feed(items)
+    }
+    _ = packager.feed(demuxer.flush())
+    _ = packager.finish()
+    _ = HLSPlaylist.render(packager, query: "t=x", prefix: "s-")
 }
 
 /// The bytes after the handshake, as an RTMP server reads them.
