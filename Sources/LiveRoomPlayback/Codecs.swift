@@ -126,7 +126,7 @@ public struct AACConfig: Equatable, Sendable {
             let index = try r.bits(4)
             let rate = index == 15 ? try r.bits(24) : (index < Self.rates.count ? Self.rates[index] : 0)
             let channels = try r.bits(4)
-            guard rate > 0 else { throw UnsupportedMedia("the AAC configuration names no sample rate") }
+            guard rate > 0, rate <= 192_000 else { throw UnsupportedMedia("the AAC configuration names no usable sample rate (\(rate) Hz)") }
             self.objectType = type
             self.sampleRate = rate
             self.channels = channels

@@ -60,9 +60,9 @@ public struct FLVDemuxer: Sendable {
     private mutating func demux(_ tag: FLVTag) throws -> Demuxed? {
         var data = tag.data
         guard tag.type != FLVTag.script, let b0 = data.readInteger(as: UInt8.self) else { return nil }
-        if let last = lastTimestamp, tag.timestamp < last, last - tag.timestamp > 1 << 31 { wraps += 1 }
+        if let last = lastTimestamp, tag.timestamp < last, last - tag.timestamp > 1 << 31 { wraps &+= 1 }
         lastTimestamp = tag.timestamp
-        let dts = (Int64(tag.timestamp) + wraps << 32) * 90
+        let dts = (Int64(tag.timestamp) &+ (wraps &<< 32)) &* 90
         if tag.type == FLVTag.video {
             if b0 & 0x80 != 0 { throw UnsupportedMedia("the video is enhanced-RTMP (HEVC, AV1 or VP9): only H.264 remuxes to MP4 and HLS here") }
             let codec = b0 & 0x0F

@@ -39,7 +39,8 @@ public enum HLSPlaylist {
     }
 
     static func format(_ seconds: Double) -> String {
-        let ms = Int((seconds * 1000).rounded())
+        // Durations come from a publisher's timestamps: never negative or absurd here.
+        let ms = seconds.isFinite ? Int((min(max(seconds, 0), 1e9) * 1000).rounded()) : 0
         let frac = String(ms % 1000)
         return "\(ms / 1000)." + String(repeating: "0", count: 3 - frac.count) + frac
     }

@@ -69,6 +69,12 @@ public struct Packager: Sendable {
     private var partStart: Int64 = 0  // 90 kHz
     private var segmentStart: Int64 = 0
     private var lastVideoDuration: Int64 = 3000
+    private var lastVideoDts: Int64 = .min
+    private var partBytes = 0
+    static let maxTimeline: Int64 = 1 << 44
+    /// A part is cut at these sizes whatever the timestamps say (they may stand still).
+    static let maxPartSamples = 1000
+    static let maxPartBytes = 16 * 1024 * 1024
     /// Added to input decode times (90 kHz) to make the output timeline.
     private var offset: Int64 = 0
     private var rebase = true
@@ -159,7 +165,7 @@ public struct Packager: Sendable {
         }
         if rebase {
             // Continue the timeline one frame after the end of the last publisher's.
-            offset = (endOfTimeline == 0 && nextMsn == 0 ? 0 : endOfTimeline + lastVideoDuration) - f.dts
+            offset = (endOfTimeline == 0 && nextMsn == 0 ? 0 : endOfTimeline + lastVideoDuration) &- f.dts
             if segments.last?.complete == false { finishSegment(&out) }
             discontinuity = discontinuity || nextMsn > 0
             rebase = false
@@ -167,9 +173,15 @@ public struct Packager: Sendable {
             partStart = f.dts + offset
             segmentStart = partStart
         }
-        let dts = f.dts + offset
+        // Decode times must grow: a publisher's timestamps that go back are held at the last.
+        // Wrapping arithmetic and the bound below: timestamps come from a publisher, and no
+        // value of theirs may trap (a live timeline of six years is plenty).
+        let dts = max(f.dts &+ offset, f.track == .video ? lastVideoDts &+ 1 : 0)
+        guard dts >= 0, dts < Self.maxTimeline else { return }
+        partBytes += f.data.readableBytes
         switch f.track {
         case .video:
+            lastVideoDts = dts
             if var last = pendingVideo {
                 var d = dts - last.dts
                 if d <= 0 || d > 90_000 * 10 { d = lastVideoDuration }
@@ -201,6 +213,7 @@ public struct Packager: Sendable {
     private mutating func cutIfDue(at dts: Int64, sync: Bool, frameDuration: Int64, _ out: inout [Output]) {
         let segmentDue = sync && Double(dts - segmentStart) >= settings.segmentTarget * 90_000 - Double(frameDuration) / 2
         let partDue = Double(dts - partStart + frameDuration) > settings.partTarget * 90_000
+            || videoSamples.count + audioSamples.count >= Self.maxPartSamples || partBytes >= Self.maxPartBytes
         guard segmentDue || partDue else { return }
         closePart(until: dts, &out)
         if segmentDue {
@@ -218,7 +231,7 @@ public struct Packager: Sendable {
         }
         fragmentSequence &+= 1
         let data = FMP4.fragment(sequence: fragmentSequence, video: videoSamples, audio: audioSamples)
-        let duration = Double(dts - partStart) / 90_000
+        let duration = Double(max(0, dts - partStart)) / 90_000
         let independent = videoSamples.first?.sync ?? (tracks.video == nil)
         let i = segments.count - 1
         let part = Part(msn: segments[i].msn, index: segments[i].parts.count, data: data, duration: duration,
@@ -227,6 +240,7 @@ public struct Packager: Sendable {
         out.append(.part(part))
         videoSamples = []
         audioSamples = []
+        partBytes = 0
         partStart = dts
     }
 

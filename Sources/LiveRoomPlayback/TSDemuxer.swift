@@ -118,10 +118,10 @@ public struct TSDemuxer: Sendable {
     /// 33-bit timestamps wrap every 26.5 hours; unwrapped so they only grow.
     private mutating func unwrapped(_ t: Int64, pid: Int) -> Int64 {
         var state = unwrap[pid] ?? (t, 0)
-        if t < state.last && state.last - t > 1 << 32 { state.wraps += 1 }
+        if t < state.last && state.last - t > 1 << 32 { state.wraps &+= 1 }
         state.last = t
         unwrap[pid] = state
-        return t + state.wraps << 33
+        return t &+ (state.wraps &<< 33)
     }
 
     private mutating func pesComplete(pid: Int, _ data: ByteBuffer, _ out: inout [Demuxed]) throws {
@@ -132,10 +132,10 @@ public struct TSDemuxer: Sendable {
         guard flags & 2 != 0, headerEnd <= p.count, p.count >= 14 else { return }
         let pts = unwrapped(Self.timestamp(p[9..<14]), pid: pid)
         var dts = pts
-        if flags == 3, p.count >= 19 { dts = pts - (Self.timestamp(p[9..<14]) - Self.timestamp(p[14..<19])) }
+        if flags == 3, p.count >= 19 { dts = pts &- (Self.timestamp(p[9..<14]) - Self.timestamp(p[14..<19])) }
         let body = p[headerEnd...]
         if pid == videoPID {
-            try videoPES(body, dts: dts, cto: Int32(clamping: pts - dts), &out)
+            try videoPES(body, dts: dts, cto: Int32(clamping: pts &- dts), &out)
         } else {
             try audioPES(body, pts: pts, &out)
         }
@@ -208,7 +208,7 @@ public struct TSDemuxer: Sendable {
                 out.append(.audio(config))
             }
             out.append(.frame(Frame(track: .audio, dts: t, sync: true, data: ByteBuffer(bytes: body[(i + headerSize)..<(i + length)]))))
-            t += Int64(1024 * 90_000 / config.sampleRate)
+            t &+= Int64(1024 * 90_000 / config.sampleRate)
             i += length
         }
     }

@@ -64,7 +64,7 @@ final class RemuxTests: XCTestCase {
         var file = p.inits[p.generation]!
         for s in p.segments { var d = s.data; file.writeBuffer(&d) }
         let path = dir.appendingPathComponent("out.mp4").path
-        FileManager.default.createFile(atPath: path, contents: Data(file.readableBytesView))
+        _ = FileManager.default.createFile(atPath: path, contents: Data(file.readableBytesView))
         if let keep = ProcessInfo.processInfo.environment["REMUX_KEEP"] { try? FileManager.default.copyItem(atPath: path, toPath: keep + "-\(name)") }
         return path
     }
@@ -171,6 +171,25 @@ final class RemuxTests: XCTestCase {
             XCTAssertTrue("\(error)".contains("only AAC"), "\(error)")
         }
     }
+
+    /// Found by `tools/fuzz playback`: FLV whose timestamps go back made a negative part
+    /// duration, and the playlist trapped formatting it. Decode times now only grow.
+    func testTimestampsThatGoBackNeitherTrapNorMakeNegativeDurations() throws {
+        let crash = Data(base64Encoded: Self.fuzzCrash)!
+        var demuxer = StreamDemuxer()
+        var p = Packager()
+        var rest = ByteBuffer(bytes: crash)
+        while rest.readableBytes > 0, let piece = rest.readSlice(length: min(211, rest.readableBytes)) {
+            guard let items = try? demuxer.feed(piece) else { break }
+            _ = p.feed(items)
+        }
+        _ = p.finish()
+        for s in p.segments { for part in s.parts { XCTAssertGreaterThanOrEqual(part.duration, 0) } }
+        let playlist = HLSPlaylist.render(p)
+        XCTAssertFalse(playlist.contains("DURATION=-") || playlist.contains("#EXTINF:-"), "no negative durations listed")
+    }
+
+    static let fuzzCrash = "RkxWAQUAAAAJAAAAABIAASUAAAAAAAAAAgAKb25NZXRhRGF0YQgAAAANAAhkdXJhdGlvbgA/5BiTdLxqfwAFd2lkdGgAQEAAAAAAAAAABmhlaWdodABAQAAAAAAAAAANdmlkZW9kYXRhcmF0ZQAAAAAAAAAAAAAJZnJhbWVyYXRlAEAkAAAAAAAAAAx2aWRlb2NvZGVjaWQAQBwAAAAAAAAADWF1ZGlvZGF0YXJhdGUAQC9AAAAAAAAAD2F1ZGlvc2FtcGxlcmF0ZQBAv0AAAAAAAAAPYXVkaW9zYW1wbGVzaXplAEAwAAAAAAAAAAZzdGVyZW8BAAAMYXVkaW9jb2RlY2lkAEAkAAAAAAAAAAdlbmNvZGVyAgANTGF2ZjU5LjI3LjEwMAAIZmlsZXNpemUAQKtOAAAAAAAAAAkAAAEwCQAAKgAAAAAAAAAXAAAAAAFCwAr/4QAWZ0LACtolsBEAAAMAAQAAAwAUDxImoAEABGjOD8gAAAA1CAAABwAAAAAAAACvABWIVuUAAAAAEggAAWcAAAAAAAAArwHeAgBMYXZjNTkuMzcuMTAwAAI0p1rpyOaq/WX2/T9eFyqvaSRyREkXAzFmHMWYcxZh9a9d9a9d9e+o91dq91dq91dq/tv2v679r/G/q01TNNWzTVsxaeZinmmqZzFmnY2tdjc2xaeZip2ysRy9mHi7qn7FMo463ZncfR+NfflNrg1bpqnbK9x6123q3Rdq13KsbjrDcsp17KcdjbFcbFcbFcbFWa1Wa1Gv0a/Pr8+qlKpSqUqlK5S/KVSlUpVElElElElElElElElElElElElElElElElElElElElElElElElElElElElElElElOCnBThzLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLLKZMmQMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwPgAAAFyCQAEzgAAgAAAAAAXAQAAAAAAAlEGBf//TdxF6b3m2Ui3lizYINkj7u94MjY0IC0gY29yZSAxNjQgcjMwOTUgYmFlZTQwMCAtIEguMjY0L01QRUctNCBBVkMgY29kZWMgLSBDb3B5bGVmdCAyMDAzLTIwMjIgLSBodHRwOi8vd3d3LnZpZGVvbGFuLm9yZy94MjY0Lmh0bWwgLSBvcHRpb25zOiBjYWJhYz0wIHJlZj0xIGRlYmxvY2s9MDowOjAgYW5hbHlzZT0wOjAgbWU9ZGlhIHN1Ym1lPTAgcHN5PTEgcHN5X3JkPTEuMDA6MC4wMCBtaXhlZF9yZWY9MCBtZV9yYW5nZT0xNiBjaHJvbWFfbWU9MSB0cmVsbGlzPTEgOHg4ZGN0PTAgY3FtPTAgZGVhZHpvbmU9MjEsMTEgZmFzdF9wc2tpcD0xIGNocm9tYV9xcF9vZmZzZXQ9MCB0aHJlYWRzPTEgbG9va2FoZWFkX3RocmVhZHM9MSBzbGljZWRfdGhyZWFkcz0wIG5yPTAgZGVjaW1hdGU9MSBpbnRlcmxhY2VkPTAgYmx1cmF5X2NvbXBhdD0wIGNvbnN0cmFpbmVkX2ludHJhPTAgYmZyYW1lcz0wIHdlaWdodHA9MCBrZXlpbnQ9NSBrZXlpbnRfbWluPTEgc2NlbmVjdXQ9MCBpbnRyYV9yZWZyZXNoPTAgcmM9Y3JmIG1idHJlZT0wIGNyZj0yMy4wIHFjb21wPTAuNjAgcXBtaW49MCBxcG1heD02OSBxcHN0ZXA9NCBpcF9yYXRpbz0xLjQwIGFxPTAAgAAAAnBliIQ6DGAA7EMUeFJljtf6KgmBngBWmwZjG2oQECGRAQIwAHIy8KaogzCUBKL/8OAATAAIZHAANgACA0Z0YWgpCGlW1I3j/9pC9OPynUvj1v/w4CAjFOCXCjeIdKerw4CAjAKgGg7not4ESx/31KDTCjaI9K+r1OF8cHU5Y71ekAAJ8ZjEU0G9v3yQABxzHbnAGVfvgQAAgHAAIAUKhBAHGDgAG7GUaJUovhji3Yw5v0AUnixiR/4wLEo//0gAMfGGqYN0gAzAK5oSZZy0iDOVyIFgSzgh9MyqARFSFf3sYDnNXCybtf/cF8AHD4pZZYHqlWQW55KWoNRwACwAAgHmQHaAJhQGrm2rgzJgpxZJ2krOLIQAAEAGAzk5BAAgApkeAZkgAAQAQZ0sAJQvRST2EU3jktoiBs4UKQXcEfV6iMNA7vcWAQ76vYABqGIcQrCQFrkET0AEdxnuDyDtVgXmEodyHFAEKer1OEpRRfECRL1egAR3GocHkFKrYAPCsc3raClyHDwQQABAGcAAICARAHh8UYg2xHscHRm9cEbW9AI5tAiKItkYoIpCf3/7AaY5TqQD5MlfvurMT25whPWvjxvg2ssmg6WzmBrnR7XAsxX/rgRVMxLCjJiY4MOHAAEAYKAAIGdBwEBGHgFgcBARg4BY/8cBARg4BYHAQEYOAWPEABAAkQAAoAAIA8mEPcLADoFQh7g4AdAgI4q4IAAXLAOEcVcHAALlgF3HgAHSAA4AAgIpnvALEQAsf/EALEQAseIQABAoiEAAQG4gABYCQEAAJBYDgAFgJAcAAkFgSAEPcEAAQEgUAEPcHAAQEhAAAATZCAABOAAAgAAAAACvAQD0ntmxYXXCIdWZExlmMkKP4z/9v/b2vXHFy0r3/P/p/5/ey9S5N/b7f/h/6/qHVauP2/b/t/5/rEml60mXRijwMujEnHLoxR4eHtQU0l9OI0DRQaijdRRRRuojwWX5C5yfrwXYIHCL6wrnGdcLjDdcHwk3x9Pyen0eXrLmRYzFrhK2on2C9YrIZmPlh7RgZqwMmWeWWvbNnZe+zZFvbNmwjvpFwjaJcX/aewjs2bI9r8jfeLZG66GlfFXdyznmXKfUk9Qm6ZLUh6B3gHeC08vTn6c6TEexIEbJvGDgLbBd9m+/drusI7byOulznnnnnnUJ1KVPPPPPOo30b6KKX51L1pQ/6ejja7BvidqllaIXqc/uP6qjpg2XjvZKWxuqLX0YGBiRK8SBlTkSEH2fLZx41uTTy8AAAAFDCQAADn4A5AAAAAAnAQAAAAAAAAVBmiBSLAAAABkIAAD9AAEAAAAAAK8BANrzrXA0iaHfL/44qfb+3/tbTd3cly4ksl454YOmSISkUKIrWRUYiAL5w77dnYJIIiQQbOhzd379t/y/+P33mlwb+ysAYYYYsBUqVhWUopiJqg0ZT1PTqRzb267adxHjX1n8CdbEuFQAHGvavavZOjcV9nFMlVZWNVTijrZqampZJMrXX/K0UsaCmnFBRRxoKacUFHXhBTTxBQU9oKCqiCgpxoKacVzQKeEFBXiCgpNaCgr2BQU9oKCvYFBS3BQVRQKCl2wgruFciW40FxcKCn7XovRT76oOD4DpXSpd3Lyk/urEIBph7ANMLBkiERP7QMAA0Q88DOHeBA4AAAEICQAAQgABSAAAAAAnAQAAAAAAADlBmkCLwtJgDRgzFErV+4K/uEAAj/4mIAqAAywHGwdgdEUSEiEIifeABRkQ2hio4lYgOvp+O1TfeSAAAABNCAABFwABgAAAAACvAQDmM6yQWwwUnIcQkFAlP6XWV/+3/2iTmSRaRIlWh8/cPDfL/2n3fpbuH3P9x/DlAHwvZ3oH5/yThvsXmH3v8p9Z9a7Z/DoQpElsS5TN+dxF6b3m2Ui3lizYINkj7u94MjY0IC0gY29yZSAxNjQgcjMwOTUgYmFlZTQwMCAtIEguMjY0L01QRUctNCBBVkMgY29kZWMgLSBDb3B5bGVmdCAyMDAzLTIwMjIgLSBodHRwOi8vd3d3LnZpZGVvbGFuLm9yZy94MjY0Lmh0bWwgLSBvcHRpb25zOiBjYWJhYz0wIHJlZj0xIGRlYmxvY2s9MDowOjAgYW5hbHlzZT0wOjAgbWU9ZGlhIHN1Ym1lPTAgcHN5PTEgcHN5X3JkPTEuMDA6MC4wMCBtaXhlAE9BmmK8bHMIJaJn1L+8CL+3f6fIy3c0W2qXwgFQqQMSBAASIiJCY4KrMEs1yZIOrntm2Y6pXV8xqpVYACOD7MgveMK2Wo6rxSopIc2NWoSAAAAAYwgAAO8AAgAAAAAArwEBPjOIlHLijzVS/z9e98LkkkSRIiRCDma3PRcyqHnMs5bgoV0G4KFdDkFGRhyHKllNML32zW3CXPWfzUDgP+7PlJrn5CHfWyVzLPRAyLma3PRZZ6OdzLO1uei5mqOdzLPRzuRczW56Lmao53Ms9EDIuZrc9FzT0c7m/Fno+j0XM1ueRNPRzuZZ17nouZrc85lno53Ip2tz0XM1Q85lno52RTtbnouZVHO5lno+j0XM1ueiyz0c7mWdcD0XM1ue5ZZ6OdzLO1uei5mqHnMs9HO5FzNbnouZVHO5lnogZFzNbnovlPRzuZZ6Nz0XM1u4AAAA+gkAAFUAAhAAAAAAJwEAAAAAAABMQZqA68bgJ6MyAoSYvNiV3vhgJRXMDgAAAAAAAAQJevhx0q2g9/w0PoTCAFeFZGs+5ZUUv72+gpnnvRu1HnqTi6AAVtG3P1+vVFXu/nlrUOw4+deSAAAAYAkAAAUAAhAAAAAAFwIAAAAAAAAQ"
 
     func testSPSParsingGivesThePictureSize() throws {
         // x264 High profile 1280x720 (crop of 1280x720 needs none) and 1920x1080 (cropped from 1088).
