@@ -23,7 +23,8 @@ public struct Segment: Sendable {
 
     public var duration: Double { parts.reduce(0) { $0 + $1.duration } }
 
-    /// The whole segment, as the parts' fragments one after another.
+    /// The whole segment, as the parts' fragments one after another (a copy: to send it, write
+    /// the parts' buffers in turn).
     public var data: ByteBuffer {
         var b = ByteBufferAllocator().buffer(capacity: parts.reduce(0) { $0 + $1.data.readableBytes })
         for p in parts { b.writeImmutableBuffer(p.data) }

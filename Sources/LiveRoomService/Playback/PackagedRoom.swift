@@ -152,6 +152,12 @@ actor PackagedRoom {
     /// Whether there is anything to play: an init segment and at least one part.
     var hasMedia: Bool { packager.inits[packager.generation] != nil && !packager.segments.isEmpty }
 
+    /// Waits for the first part when there is nothing yet: a packaging that just attached needs
+    /// the current group of pictures first.
+    func awaitMedia(timeoutMs: Int64 = 5000) async {
+        if !hasMedia && unsupported == nil { _ = await waitFor(msn: 0, part: 0, timeoutMs: timeoutMs) }
+    }
+
     /// A continuous fMP4 stream: the init segment, the current segment from its keyframe, then
     /// every part as it comes. Nil when there is nothing to play yet.
     func subscribe(onDrop: @escaping @Sendable (RoomError) -> Void) -> (token: Int, queue: ViewerQueue)? {

@@ -198,8 +198,7 @@ public final class PlaybackServer: Sendable {
                                 "status": v.record.status == .live ? "live" : "not_started"]
         if v.record.status == .live {
             let p = try await packaged.packaging(v.room)
-            // Just attached: the packager needs the current group of pictures for the codecs.
-            if await !p.hasMedia { _ = await p.waitFor(msn: 0, part: 0, timeoutMs: 3000) }
+            await p.awaitMedia(timeoutMs: 3000)
             if let reason = await p.unsupported {
                 o["unsupported"] = reason
             } else if await p.hasMedia {
@@ -238,12 +237,8 @@ public final class PlaybackServer: Sendable {
         guard await v.room.isPublishing else { throw notLive(v) }
         let p = try await packaged.packaging(v.room)
         let channel = context.channel
-        var subscription = await p.subscribe { _ in channel.close(promise: nil) }
-        if subscription == nil, await p.unsupported == nil {
-            // Just attached: the packager needs the current group of pictures first.
-            _ = await p.waitFor(msn: 0, part: 0, timeoutMs: 5000)
-            subscription = await p.subscribe { _ in channel.close(promise: nil) }
-        }
+        await p.awaitMedia()
+        let subscription = await p.subscribe { _ in channel.close(promise: nil) }
         if let reason = await p.unsupported { throw HTTPError(.unsupportedMediaType, message: reason) }
         guard let (token, queue) = subscription else { throw notLive(v) }
         let room = v.room
@@ -269,6 +264,9 @@ public final class PlaybackServer: Sendable {
         })
     }
 
+    /// Whether an FLV response ends at this event: the stream ended, or a new one began.
+    static func endsStream(_ e: StreamEvent) -> Bool { e.kind == .ended || e.kind == .closed || e.kind == .started }
+
     /// Writes a viewer queue's chunks, several at a time when they have piled up.
     static func stream(_ reader: QueueReader, to writer: inout any ResponseBodyWriter, endOnStreamEnd: Bool,
                        merge: Duration?) async throws {
@@ -283,7 +281,7 @@ public final class PlaybackServer: Sendable {
                     switch reader.queue.poll() {
                     case .item(.chunk(let more)): batch.append(more.payload)
                     case .item(.event(let e)):
-                        if endOnStreamEnd && (e.kind == .ended || e.kind == .closed || e.kind == .started) { ended = true }
+                        if endOnStreamEnd && Self.endsStream(e) { ended = true }
                         break drain
                     case .empty: break drain
                     case .finished: ended = true; break drain
@@ -293,7 +291,7 @@ public final class PlaybackServer: Sendable {
                 if ended { return }
             case .item(.event(let e)):
                 // An FLV stream cannot start over inside one response: the player reconnects.
-                if endOnStreamEnd && (e.kind == .ended || e.kind == .closed || e.kind == .started) { return }
+                if endOnStreamEnd && Self.endsStream(e) { return }
             case .empty: continue
             case .finished: return
             }
@@ -322,7 +320,7 @@ public final class PlaybackServer: Sendable {
            let s = packager.segment(msn), s.complete {
             try await p.touch(viewerId: v.id, name: v.name, phone: v.phone)
             responses("segment").increment()
-            return Response(status: .ok, headers: Self.headers("video/iso.segment", cache: cache), body: .init(byteBuffer: s.data))
+            return Response(status: .ok, headers: Self.headers("video/iso.segment", cache: cache), body: .init(contentsOf: s.parts.map(\.data)))
         }
         if name.hasPrefix("part-"), name.hasSuffix(".m4s") {
             let numbers = name.dropFirst(5).dropLast(4).split(separator: ".")
@@ -359,10 +357,7 @@ public final class PlaybackServer: Sendable {
         } else if q.get("_HLS_part") != nil {
             throw HTTPError(.badRequest, message: "_HLS_part needs _HLS_msn")
         }
-        if await !p.hasMedia, await v.room.isPublishing {
-            // Just attached: the packager needs the current group of pictures first.
-            _ = await p.waitFor(msn: 0, part: 0, timeoutMs: 5000)
-        }
+        if await v.room.isPublishing { await p.awaitMedia() }
         if let reason = await p.unsupported { throw HTTPError(.unsupportedMediaType, message: reason) }
         guard await p.hasMedia else { throw notLive(v) }
         try await p.touch(viewerId: v.id, name: v.name, phone: v.phone)
